@@ -1,0 +1,102 @@
+"""The model's hyperparameters: one frozen, typed dataclass.
+
+Facts come from ../shared/docs/glm_spec.md section 1: FFN = 4h, head dim = h / heads,
+LayerNorm eps 1e-5, tanh GELU, dropout 0.1 everywhere, position tables with
+``max_position_embeddings + 1`` rows, N(0, 0.02) init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+ACTIVATIONS = ("gelu_tanh", "gelu_exact")
+DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
+ATTENTION_BACKENDS = ("xla",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of a GLM.
+
+    Attributes:
+      vocab_size: rows of the word embedding (already padded to a multiple of 128,
+        as the official code pads it); also the logits' last dimension.
+      hidden_size: model width h.
+      num_layers: transformer layers L.
+      num_heads: attention heads; head_dim = hidden_size // num_heads.
+      max_position_embeddings: the longest position id + 1 would overflow this;
+        both position tables have ``max_position_embeddings + 1`` rows.
+      intermediate_size: FFN width; None means 4 * hidden_size (every official model).
+      layernorm_epsilon: 1e-5 in every official model.
+      activation: "gelu_tanh" (the official training code) or "gelu_exact"
+        (the Hugging Face port, spec section 1.4).
+      embedding_dropout, attention_dropout, hidden_dropout: dropout rates (spec 1.5).
+      init_std: std of the N(0, std) initialisers; output projections use
+        init_std / sqrt(2 * num_layers).
+      dtype: compute dtype of activations and matmuls.
+      param_dtype: storage dtype of the parameters.
+      scan_layers: stack the layers' parameters on a leading axis and run them with
+        ``nn.scan`` (faster compiles for deep models).
+      remat_policy: what the backward pass keeps; see glm_jax/model/glm.py.
+      attention_backend: how attention is computed; "xla" is the dense reference.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    max_position_embeddings: int
+    intermediate_size: Optional[int] = None
+    layernorm_epsilon: float = 1e-5
+    activation: str = "gelu_tanh"
+    embedding_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    init_std: float = 0.02
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat_policy: str = "none"
+    attention_backend: str = "xla"
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_heads ({self.num_heads})"
+            )
+        _check_choice("activation", self.activation, ACTIVATIONS)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("param_dtype", self.param_dtype, DTYPES)
+        _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
+        _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        for name in ("embedding_dropout", "attention_dropout", "hidden_dropout"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"model.{name} must be in [0, 1), got {rate}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return self.intermediate_size or 4 * self.hidden_size
+
+    @property
+    def position_table_size(self) -> int:
+        """Rows of the position and block-position tables (spec 1.1: max_pos + 1)."""
+        return self.max_position_embeddings + 1
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"model.{name} must be one of {choices}, got {value!r}")

@@ -1,0 +1,319 @@
+"""GLM in Flax Linen: a Pre-LN Transformer with 2D positions and the Part A / Part B mask.
+
+Spec sections 1.2-1.6 (../shared/docs/glm_spec.md). One layer is
+
+    x = x + Dropout(Dense(Attention(LN1(x))))
+    x = x + Dropout(W2(gelu(W1(LN2(x)))))
+
+and the logits are ``LN_final(x) @ word_embeddings.T`` (tied, no bias), in float32.
+
+Parameter layout (the converter in glm_jax/convert.py maps the official names onto it):
+
+    word_embeddings/embedding                      [vocab, embed]
+    position_embeddings/embedding                  [max_pos + 1, embed]
+    block_position_embeddings/embedding            [max_pos + 1, embed]
+    layers_{i}/input_layernorm/{scale,bias}        [embed]
+    layers_{i}/attention/query_key_value/kernel    [embed, 3, heads, head_dim]   (Q | K | V)
+    layers_{i}/attention/query_key_value/bias      [3, heads, head_dim]
+    layers_{i}/attention/dense/kernel              [heads, head_dim, embed]
+    layers_{i}/attention/dense/bias                [embed]
+    layers_{i}/post_attention_layernorm/{scale,bias}
+    layers_{i}/mlp/dense_h_to_4h/{kernel [embed, mlp], bias [mlp]}
+    layers_{i}/mlp/dense_4h_to_h/{kernel [mlp, embed], bias [embed]}
+    final_layernorm/{scale,bias}
+
+With ``scan_layers`` the ``layers_{i}`` subtrees become one ``layers`` subtree whose
+leaves have a leading ``[num_layers]`` axis (see :func:`stack_layers`).
+
+Every parameter carries logical axis names (vocab, embed, position, qkv, heads, kv,
+mlp, norm, layers); glm_jax/sharding.py maps them onto the device mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from glm_jax.model import masks
+from glm_jax.model.config import ModelConfig
+
+# The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
+MASK_VALUE = -65504.0
+
+Array = jnp.ndarray
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+def _param_init(std: float, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+
+
+def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
+    return nn.with_logical_constraint(x, axes)
+
+
+def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    """LayerNorm with the config's eps and two-pass variance, as torch computes it.
+
+    Flax takes the statistics in float32 whatever the compute dtype.
+    """
+    return nn.LayerNorm(
+        epsilon=config.layernorm_epsilon,
+        dtype=_dtype(config.dtype),
+        param_dtype=_dtype(config.param_dtype),
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+        name=name,
+    )
+
+
+class Projection(nn.Module):
+    """``einsum(equation, x, kernel) + bias`` with a kernel kept in its natural shape.
+
+    Flax's DenseGeneral initialises multi-axis kernels flattened, which breaks their
+    logical sharding annotations under an active mesh; an explicit einsum keeps
+    ``[embed, 3, heads, head_dim]`` a 4-D, shardable parameter from the start.
+    """
+
+    config: ModelConfig
+    equation: str
+    kernel_shape: tuple[int, ...]
+    kernel_axes: tuple[str, ...]
+    bias_axes: tuple[str, ...]
+    init_std: float
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dtype, param_dtype = _dtype(self.config.dtype), _dtype(self.config.param_dtype)
+        kernel = self.param("kernel", _param_init(self.init_std, self.kernel_axes), self.kernel_shape, param_dtype)
+        bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes), bias_shape, param_dtype
+        )
+        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+        return y + bias.astype(dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with a fused QKV projection.
+
+    The QKV kernel ``[embed, 3, heads, head_dim]`` is the official ``[3h, h]`` fused
+    weight transposed and split, so heads can be sharded without reordering.
+    """
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array) -> Array:
+        """x: ``[batch, q_len, embed]``; mask: ``[batch, 1, q_len, kv_len]`` bool."""
+        cfg = self.config
+        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
+        qkv = Projection(
+            cfg,
+            "btd,dxhk->btxhk",
+            (cfg.hidden_size, 3, cfg.num_heads, cfg.head_dim),
+            ("embed", "qkv", "heads", "kv"),
+            ("qkv", "heads", "kv"),
+            cfg.init_std,
+            name="query_key_value",
+        )(x)
+        qkv = checkpoint_name(qkv, "qkv")
+        qkv = _constrain(qkv, ("activation_batch", "activation_length", None, "activation_heads", "activation_kv"))
+        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [batch, T, heads, head_dim]
+
+        # The official code scales K (not the scores) by 1/sqrt(d) before Q K^T.
+        key = key / jnp.asarray(math.sqrt(cfg.head_dim), dtype)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+        scores = jnp.where(mask, scores, MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=self.deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        context = _constrain(context, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+
+        out = Projection(
+            cfg,
+            "bthk,hkd->btd",
+            (cfg.num_heads, cfg.head_dim, cfg.hidden_size),
+            ("heads", "kv", "embed"),
+            ("norm",),
+            out_std,
+            name="dense",
+        )(context)
+        out = checkpoint_name(out, "attention_out")
+        return nn.Dropout(rate=cfg.hidden_dropout)(out, deterministic=self.deterministic)
+
+
+class MLP(nn.Module):
+    """``Dropout(W2(gelu(W1 x + b1)) + b2)`` with W1: embed -> mlp, W2: mlp -> embed."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.config
+        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
+        h = Projection(
+            cfg, "btd,df->btf", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), ("mlp",), cfg.init_std,
+            name="dense_h_to_4h",
+        )(x)
+        h = _constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
+        # tanh GELU is what the official weights were trained with (spec 1.4).
+        h = jax.nn.gelu(h, approximate=cfg.activation == "gelu_tanh")
+        h = checkpoint_name(h, "mlp_hidden")
+        out = Projection(
+            cfg, "btf,fd->btd", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), ("norm",), out_std,
+            name="dense_4h_to_h",
+        )(h)
+        return nn.Dropout(rate=cfg.hidden_dropout)(out, deterministic=self.deterministic)
+
+
+class TransformerLayer(nn.Module):
+    """One Pre-LN layer. Returns ``(x, None)`` so that ``nn.scan`` can stack it."""
+
+    config: ModelConfig
+    deterministic: bool = True
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array):
+        cfg = self.config
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        h = layer_norm(cfg, "input_layernorm")(x)
+        x = x + SelfAttention(cfg, self.deterministic, name="attention")(h, mask)
+        h = layer_norm(cfg, "post_attention_layernorm")(x)
+        x = x + MLP(cfg, self.deterministic, name="mlp")(h)
+        return x, None
+
+
+def _remat_policy(name: str):
+    """Map a config name onto a jax checkpoint policy (None = save nothing)."""
+    policies = jax.checkpoint_policies
+    return {
+        "full": None,
+        "dots": policies.dots_saveable,
+        "dots_no_batch": policies.checkpoint_dots_with_no_batch_dims,
+        # Keep the projections' outputs; recompute attention scores, GELU and norms.
+        "minimal": policies.save_only_these_names("qkv", "attention_out", "mlp_hidden"),
+    }[name]
+
+
+class GLM(nn.Module):
+    """The GLM language model: tokens and 2D positions in, float32 logits out."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        tokens: Array,
+        position_ids: Array,
+        block_position_ids: Array,
+        *,
+        sep: Optional[Array] = None,
+        attention_mask: Optional[Array] = None,
+        segment_ids: Optional[Array] = None,
+        part_a: Optional[Array] = None,
+        deterministic: bool = True,
+        **unused_features: Any,
+    ) -> Array:
+        """Compute logits.
+
+        Args:
+          tokens: ``[batch, T]`` int token ids (Part A, then Part B inputs).
+          position_ids: ``[batch, T]`` int; Part B tokens carry their mask's position.
+          block_position_ids: ``[batch, T]`` int; 0 in Part A, 1..len+1 inside a span.
+          sep / attention_mask / segment_ids + part_a: the attention pattern, exactly
+            one form; see glm_jax/model/masks.py.
+          deterministic: disable dropout (pass False and a 'dropout' rng to train).
+          unused_features: other batch features (targets, loss_mask, ...), ignored,
+            so that ``model.apply(variables, **batch)`` works.
+
+        Returns:
+          ``[batch, T, vocab]`` float32 logits.
+        """
+        cfg = self.config
+        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        mask = masks.build(
+            tokens.shape[1], sep=sep, attention_mask=attention_mask, segment_ids=segment_ids, part_a=part_a
+        )
+
+        def embed(name: str, rows: int, axes: tuple[str, str]) -> nn.Embed:
+            return nn.Embed(
+                num_embeddings=rows,
+                features=cfg.hidden_size,
+                dtype=dtype,
+                param_dtype=param_dtype,
+                embedding_init=_param_init(cfg.init_std, axes),
+                name=name,
+            )
+
+        word_embeddings = embed("word_embeddings", cfg.vocab_size, ("vocab", "embed"))
+        x = word_embeddings(tokens)
+        x = x + embed("position_embeddings", cfg.position_table_size, ("position", "embed"))(position_ids)
+        x = x + embed("block_position_embeddings", cfg.position_table_size, ("position", "embed"))(
+            block_position_ids
+        )
+        x = nn.Dropout(rate=cfg.embedding_dropout)(x, deterministic=deterministic)
+        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+
+        layer_cls = TransformerLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(
+                layer_cls,
+                policy=_remat_policy(cfg.remat_policy),
+                # Under scan the loop already blocks CSE across layers (flax docs).
+                prevent_cse=not cfg.scan_layers,
+            )
+        if cfg.scan_layers:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=cfg.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = stack(cfg, deterministic, name="layers")(x, mask)
+        else:
+            for i in range(cfg.num_layers):
+                x, _ = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask)
+
+        x = layer_norm(cfg, "final_layernorm")(x)
+        # Tied output head, no bias; accumulate in float32 so bf16 runs give fp32 logits.
+        embedding = word_embeddings.embedding.astype(dtype)
+        logits = jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)
+        return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+
+def layer_names(num_layers: int) -> list[str]:
+    return [f"layers_{i}" for i in range(num_layers)]
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+    """Unscanned params (``layers_{i}``) -> scanned params (``layers`` with a leading axis)."""
+    params = dict(params)
+    per_layer = [params.pop(name) for name in layer_names(num_layers)]
+    params["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    return params
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+    """Scanned params (``layers`` with a leading axis) -> unscanned (``layers_{i}``)."""
+    params = dict(params)
+    stacked = params.pop("layers")
+    for i, name in enumerate(layer_names(num_layers)):
+        params[name] = jax.tree.map(functools.partial(lambda i, x: x[i], i), stacked)
+    return params

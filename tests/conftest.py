@@ -1,0 +1,37 @@
+"""Shared test setup: 8 fake CPU devices, float32 matmuls, the official fixture."""
+
+import os
+
+# Must happen before jax is imported anywhere: multi-device code is tested on a
+# fake 8-device CPU platform (data=2, fsdp=2, tensor=2).
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fixture_dir() -> Path:
+    """The official tiny GLM fixture (../shared/fixtures/official_glm_tiny by default)."""
+    default = REPO.parent / "shared" / "fixtures" / "official_glm_tiny"
+    return Path(os.environ.get("GLM_JAX_FIXTURES", default))
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    path = fixture_dir()
+    if not (path / "io.npz").exists():
+        pytest.fail(f"official GLM fixture not found at {path}; set GLM_JAX_FIXTURES")
+    return path
+
+
+@pytest.fixture(scope="session")
+def official_io(official_dir) -> dict:
+    return dict(np.load(official_dir / "io.npz"))
