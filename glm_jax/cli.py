@@ -1,0 +1,86 @@
+"""The ``glm-jax`` command line.
+
+Each subcommand lives next to the code it drives; this module only wires them up,
+and imports heavy modules lazily so that ``glm-jax --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Optional, Sequence
+
+
+def _add_convert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert",
+        help="convert an official GLM checkpoint (.pt, pytorch_model.bin, safetensors) to a glm-jax model directory",
+        description="Convert an official GLM checkpoint into a glm-jax model directory (orbax params + config.yaml).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("src", help="checkpoint file, or a directory holding mp_rank_XX_model_states.pt shards / pytorch_model.bin / *.safetensors")
+    p.add_argument("out_dir", help="where to write the glm-jax model directory (must not exist or be empty)")
+    p.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="override the inferred max_position_embeddings (table rows - 1)")
+    p.add_argument("--scan-layers", action="store_true", help="store the layers stacked for nn.scan")
+
+    def run(args) -> int:
+        from glm_jax import convert
+
+        convert.convert_checkpoint(
+            args.src, args.out_dir, max_position_embeddings=args.max_position_embeddings,
+            scan_layers=args.scan_layers,
+        )
+        return 0
+
+    p.set_defaults(func=run)
+
+
+def _add_forward(subparsers) -> None:
+    p = subparsers.add_parser(
+        "forward",
+        help="run one forward pass of a model on a GLM sample and print its top predictions",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="YAML config file (defaults to the tiny preset)")
+    p.add_argument("--checkpoint", default=None, help="glm-jax model directory (from `glm-jax convert`)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.dtype=bfloat16")
+
+    def run(args) -> int:
+        from glm_jax import forward_demo
+
+        return forward_demo.main(args.config, args.checkpoint, args.overrides)
+
+    p.set_defaults(func=run)
+
+
+_COMMANDS: tuple[Callable, ...] = (_add_convert, _add_forward)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="glm-jax",
+        description="GLM (autoregressive blank infilling) in JAX/Flax.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        # Input problems: one clear line, no traceback.
+        print(f"glm-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
