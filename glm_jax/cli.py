@@ -22,6 +22,8 @@ def _add_convert(subparsers) -> None:
     p.add_argument("out_dir", help="where to write the glm-jax model directory (must not exist or be empty)")
     p.add_argument("--max-position-embeddings", type=int, default=None,
                    help="override the inferred max_position_embeddings (table rows - 1)")
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads (default: config.json beside the weights, else hidden_size // 64)")
     p.add_argument("--scan-layers", action="store_true", help="store the layers stacked for nn.scan")
 
     def run(args) -> int:
@@ -29,7 +31,7 @@ def _add_convert(subparsers) -> None:
 
         convert.convert_checkpoint(
             args.src, args.out_dir, max_position_embeddings=args.max_position_embeddings,
-            scan_layers=args.scan_layers,
+            scan_layers=args.scan_layers, num_heads=args.num_heads,
         )
         return 0
 

@@ -7,7 +7,7 @@ Spec sections 1.2-1.6 (../shared/docs/glm_spec.md). One layer is
 
 and the logits are ``LN_final(x) @ word_embeddings.T`` (tied, no bias), in float32.
 
-Parameter layout (the converter in glm_jax/convert.py maps the official names onto it):
+Parameter layout (glm_jax/convert/layout.py maps the official names onto it):
 
     word_embeddings/embedding                      [vocab, embed]
     position_embeddings/embedding                  [max_pos + 1, embed]
@@ -24,6 +24,9 @@ Parameter layout (the converter in glm_jax/convert.py maps the official names on
 
 With ``scan_layers`` the ``layers_{i}`` subtrees become one ``layers`` subtree whose
 leaves have a leading ``[num_layers]`` axis (see :func:`stack_layers`).
+
+Incremental decoding (``decode=True``) keeps a key/value cache in the flax ``cache``
+collection; see :func:`init_cache` and the "KV cache" section below.
 
 Every parameter carries logical axis names (vocab, embed, position, qkv, heads, kv,
 mlp, norm, layers); glm_jax/sharding.py maps them onto the device mesh.
@@ -47,6 +50,12 @@ from glm_jax.model.config import ModelConfig
 MASK_VALUE = -65504.0
 
 Array = jnp.ndarray
+
+# Logical axes of the per-layer cached keys/values [batch, cache_len, heads, head_dim]:
+# the same names as the attention activations, so the cache is split like them
+# (batch over data/fsdp, heads over tensor) with no new sharding rule.
+CACHE_KV_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
+CACHE_VALID_AXES = ("activation_batch", "activation_length")
 
 
 def _dtype(name: str):
@@ -113,10 +122,23 @@ class SelfAttention(nn.Module):
 
     config: ModelConfig
     deterministic: bool = True
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array) -> Array:
-        """x: ``[batch, q_len, embed]``; mask: ``[batch, 1, q_len, kv_len]`` bool."""
+    def __call__(self, x: Array, mask: Array, cache_index: Optional[Array] = None) -> Array:
+        """Attend.
+
+        Args:
+          x: ``[batch, q_len, embed]``.
+          mask: ``[batch, 1, q_len, kv_len]`` bool; ``kv_len`` is ``q_len``, or the
+            cache length in decode mode.
+          cache_index: decode mode only: int scalar, the cache slot of x's first token.
+
+        In decode mode the first call (from :func:`init_cache`) only creates
+        ``cached_key`` / ``cached_value`` ``[batch, cache_len, heads, head_dim]``
+        sized by x; later calls write x's keys and values at ``cache_index`` and
+        attend over the whole cache.
+        """
         cfg = self.config
         dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
@@ -135,6 +157,8 @@ class SelfAttention(nn.Module):
 
         # The official code scales K (not the scores) by 1/sqrt(d) before Q K^T.
         key = key / jnp.asarray(math.sqrt(cfg.head_dim), dtype)
+        if self.decode:
+            key, value = self._update_cache(key, value, cache_index)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         scores = jnp.where(mask, scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
@@ -153,6 +177,25 @@ class SelfAttention(nn.Module):
         )(context)
         out = checkpoint_name(out, "attention_out")
         return nn.Dropout(rate=cfg.hidden_dropout)(out, deterministic=self.deterministic)
+
+    def _update_cache(self, key: Array, value: Array, cache_index: Optional[Array]) -> tuple[Array, Array]:
+        """Write ``[batch, q_len, heads, head_dim]`` keys/values at ``cache_index``;
+        return the whole cache. Keys are cached already scaled by 1/sqrt(d): the
+        per-token computation is then exactly the full forward's (spec 1.7)."""
+        initialized = self.has_variable("cache", "cached_key")
+        init = nn.with_logical_partitioning(jnp.zeros, CACHE_KV_AXES)
+        cached_key = self.variable("cache", "cached_key", init, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", init, value.shape, value.dtype)
+        if not initialized:  # the sizing pass of init_cache: plain attention
+            return key, value
+        if cache_index is None:
+            raise ValueError("SelfAttention(decode=True) needs cache_index once the cache exists")
+        start = (0, cache_index, 0, 0)
+        key = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+        value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)
+        key, value = _constrain(key, CACHE_KV_AXES), _constrain(value, CACHE_KV_AXES)
+        cached_key.value, cached_value.value = key, value
+        return key, value
 
 
 class MLP(nn.Module):
@@ -186,13 +229,14 @@ class TransformerLayer(nn.Module):
 
     config: ModelConfig
     deterministic: bool = True
+    decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array):
+    def __call__(self, x: Array, mask: Array, cache_index: Optional[Array] = None):
         cfg = self.config
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         h = layer_norm(cfg, "input_layernorm")(x)
-        x = x + SelfAttention(cfg, self.deterministic, name="attention")(h, mask)
+        x = x + SelfAttention(cfg, self.deterministic, self.decode, name="attention")(h, mask, cache_index)
         h = layer_norm(cfg, "post_attention_layernorm")(x)
         x = x + MLP(cfg, self.deterministic, name="mlp")(h)
         return x, None
@@ -227,6 +271,8 @@ class GLM(nn.Module):
         segment_ids: Optional[Array] = None,
         part_a: Optional[Array] = None,
         deterministic: bool = True,
+        decode: bool = False,
+        valid: Optional[Array] = None,
         **unused_features: Any,
     ) -> Array:
         """Compute logits.
@@ -236,19 +282,43 @@ class GLM(nn.Module):
           position_ids: ``[batch, T]`` int; Part B tokens carry their mask's position.
           block_position_ids: ``[batch, T]`` int; 0 in Part A, 1..len+1 inside a span.
           sep / attention_mask / segment_ids + part_a: the attention pattern, exactly
-            one form; see glm_jax/model/masks.py.
+            one form; see glm_jax/model/masks.py. Decode mode takes ``sep`` only.
           deterministic: disable dropout (pass False and a 'dropout' rng to train).
+          decode: incremental decoding with the key/value cache in the ``cache``
+            collection (apply with ``mutable=['cache']``; see "KV cache" below).
+          valid: decode mode only: ``[batch, T]`` bool, False for padding tokens,
+            which no later token may attend to. Default: all True.
           unused_features: other batch features (targets, loss_mask, ...), ignored,
             so that ``model.apply(variables, **batch)`` works.
 
         Returns:
           ``[batch, T, vocab]`` float32 logits.
+
+        KV cache. The ``cache`` collection holds ``cache_index`` (int scalar: slots
+        written so far), ``key_valid [batch, cache_len]`` and, per layer,
+        ``cached_key`` / ``cached_value`` ``[batch, cache_len, heads, head_dim]``.
+        Each decode call writes its T tokens at slots ``cache_index ..
+        cache_index + T - 1`` (the same slots for every row) and advances the index
+        by T. Slot numbers are storage only: positions come from ``position_ids``,
+        so a batch of contexts of different lengths is prefilled right-padded, with
+        ``valid`` False on the padding. The mask is :func:`masks.cache_mask`: this
+        call's first ``sep`` tokens are a bidirectional Part A, everything else sees
+        every valid cached slot and this call's tokens causally. A prefill is one
+        call with the whole context (``sep`` = context lengths); a decode step is a
+        call with T = 1 and ``sep = 0``. Writing past ``cache_len`` is not checked
+        here (XLA clamps the slot): callers size the cache.
         """
         cfg = self.config
         dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
-        mask = masks.build(
-            tokens.shape[1], sep=sep, attention_mask=attention_mask, segment_ids=segment_ids, part_a=part_a
-        )
+        cache_index = None
+        if decode:
+            mask, cache_index = self._decode_mask(tokens.shape, sep, attention_mask, segment_ids, valid)
+        else:
+            if valid is not None:
+                raise ValueError("valid (padding flags) is only used with decode=True")
+            mask = masks.build(
+                tokens.shape[1], sep=sep, attention_mask=attention_mask, segment_ids=segment_ids, part_a=part_a
+            )
 
         def embed(name: str, rows: int, axes: tuple[str, str]) -> nn.Embed:
             return nn.Embed(
@@ -270,7 +340,8 @@ class GLM(nn.Module):
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
 
         layer_cls = TransformerLayer
-        if cfg.remat_policy != "none":
+        # Rematerialisation only pays off in a backward pass, which decoding never takes.
+        if cfg.remat_policy != "none" and not decode:
             layer_cls = nn.remat(
                 layer_cls,
                 policy=_remat_policy(cfg.remat_policy),
@@ -280,22 +351,112 @@ class GLM(nn.Module):
         if cfg.scan_layers:
             stack = nn.scan(
                 layer_cls,
-                variable_axes={"params": 0},
+                # A scanned cache stacks per-layer keys/values on a leading axis too.
+                variable_axes={"params": 0, "cache": 0},
                 split_rngs={"params": True, "dropout": True},
                 in_axes=nn.broadcast,
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x, _ = stack(cfg, deterministic, name="layers")(x, mask)
+            stack = stack(cfg, deterministic, decode, name="layers")
+            x, _ = stack(x, mask, cache_index) if decode else stack(x, mask)
         else:
             for i in range(cfg.num_layers):
-                x, _ = layer_cls(cfg, deterministic, name=f"layers_{i}")(x, mask)
+                layer = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")
+                x, _ = layer(x, mask, cache_index) if decode else layer(x, mask)
 
         x = layer_norm(cfg, "final_layernorm")(x)
         # Tied output head, no bias; accumulate in float32 so bf16 runs give fp32 logits.
         embedding = word_embeddings.embedding.astype(dtype)
         logits = jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)
         return _constrain(logits, ("activation_batch", "activation_length", "activation_vocab"))
+
+    def _decode_mask(
+        self,
+        shape: tuple[int, int],
+        sep: Optional[Array],
+        attention_mask: Optional[Array],
+        segment_ids: Optional[Array],
+        valid: Optional[Array],
+    ) -> tuple[Array, Optional[Array]]:
+        """Decode mode: the mask over the cache, and the slot of the first new token.
+
+        Creates ``cache_index`` and ``key_valid`` on the sizing pass (the cache is as
+        long as that pass's tokens), where it returns the ordinary sep mask.
+        """
+        if sep is None or attention_mask is not None or segment_ids is not None:
+            raise ValueError("decode=True takes the attention pattern as sep (Part A length per row) only")
+        batch, q_len = shape
+        valid = jnp.ones(shape, bool) if valid is None else jnp.asarray(valid, bool)
+        if valid.shape != shape:
+            raise ValueError(f"valid must have the tokens' shape {shape}, got {valid.shape}")
+        initialized = self.has_variable("cache", "cache_index")
+        index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
+        key_valid = self.variable(
+            "cache", "key_valid", nn.with_logical_partitioning(jnp.zeros, CACHE_VALID_AXES), shape, jnp.bool_
+        )
+        if not initialized:
+            return masks.sep_mask(sep, q_len), None
+        cache_index = index.value
+        key_valid.value = _constrain(
+            jax.lax.dynamic_update_slice(key_valid.value, valid, (0, cache_index)), CACHE_VALID_AXES
+        )
+        index.value = cache_index + q_len
+        return masks.cache_mask(key_valid.value, cache_index, q_len, sep), cache_index
+
+
+def cache_shapes(config: ModelConfig, batch_size: int, cache_length: int) -> dict:
+    """Shapes of the decode cache, as logically partitioned ``ShapeDtypeStruct`` boxes.
+
+    ``nn.get_partition_spec`` of the result gives the cache's logical specs (for
+    ``glm_jax.sharding.logical_sharding``). Nothing is computed or allocated.
+    """
+    if batch_size <= 0 or cache_length <= 0:
+        raise ValueError(f"batch_size and cache_length must be positive, got {batch_size} and {cache_length}")
+    tokens = jnp.zeros((batch_size, cache_length), jnp.int32)
+    sep = jnp.zeros((batch_size,), jnp.int32)
+
+    def sizing_pass():
+        variables = GLM(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens, sep=sep, decode=True)
+        return variables["cache"]
+
+    return jax.eval_shape(sizing_pass)
+
+
+def init_cache(config: ModelConfig, batch_size: int, cache_length: int) -> dict:
+    """An empty decode cache for ``batch_size`` rows of ``cache_length`` slots.
+
+    Returns the ``cache`` collection for ``GLM(config).apply({'params': ..., 'cache':
+    cache}, ..., decode=True, mutable=['cache'])``: ``cache_index`` 0, no valid slot,
+    zero keys/values ``[batch, cache_length, heads, head_dim]`` per layer (stacked
+    ``[num_layers, ...]`` under ``scan_layers``) in the compute dtype.
+    """
+    shapes = nn.unbox(cache_shapes(config, batch_size, cache_length))
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def cache_batch_axis(path: tuple, leaf: Any) -> Optional[int]:
+    """The batch axis of one cache leaf (None for ``cache_index``), for reordering
+    rows (beam search) or repeating them. Keys/values are ``[..., batch, len, heads,
+    head_dim]`` with an optional leading layer axis; ``key_valid`` is ``[batch, len]``."""
+    name = getattr(path[-1], "key", None)
+    if name in ("cached_key", "cached_value"):
+        return leaf.ndim - 4
+    if name == "key_valid":
+        return 0
+    if name == "cache_index":
+        return None
+    raise ValueError(f"unknown cache entry {jax.tree_util.keystr(path)}")
+
+
+def map_cache_rows(cache: dict, fn) -> dict:
+    """Apply ``fn(array, batch_axis)`` to every cache leaf that has a batch axis."""
+
+    def apply(path, leaf):
+        axis = cache_batch_axis(path, leaf)
+        return leaf if axis is None else fn(leaf, axis)
+
+    return jax.tree_util.tree_map_with_path(apply, cache)
 
 
 def layer_names(num_layers: int) -> list[str]:
