@@ -35,3 +35,11 @@ def official_dir() -> Path:
 @pytest.fixture(scope="session")
 def official_io(official_dir) -> dict:
     return dict(np.load(official_dir / "io.npz"))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """The embedded corpus and its sentencepiece model, built once per test session."""
+    from tasks import corpus
+
+    return corpus.embedded_corpus(tmp_path_factory.getbasetemp() / "embedded_corpus").directory

@@ -1,0 +1,1 @@
+"""seqio registrations for GLM: vocabulary, corpora, blank-infilling objectives."""
