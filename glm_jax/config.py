@@ -40,8 +40,12 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 
 import yaml
 
+from glm_jax.checkpointing import CheckpointConfig
 from glm_jax.model.config import ModelConfig
 from glm_jax.model.presets import get_preset
+from glm_jax.optim import OptimizerConfig
+from glm_jax.sharding import MeshConfig
+from glm_jax.train import TrainConfig
 
 T = TypeVar("T")
 
@@ -458,9 +462,17 @@ class Config:
 
     Attributes:
       model: the architecture and numerics (``glm_jax.model.config``).
+      train: batch size, microbatches, steps, seed (``glm_jax.train``).
+      optimizer: AdamW and the learning-rate schedule (``glm_jax.optim``).
+      mesh: the device mesh (``glm_jax.sharding``).
+      checkpoint: where and how often to checkpoint (``glm_jax.checkpointing``).
     """
 
     model: ModelConfig
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def __str__(self) -> str:
         return to_yaml(self)

@@ -15,6 +15,7 @@ The batch is split over ``data`` and ``fsdp`` together.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
@@ -168,3 +169,38 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
                 f"not divisible by the data*fsdp mesh size {size}"
             )
     return {name: jax.device_put(value, sharding) for name, value in batch.items()}
+
+
+# ----------------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The ``mesh`` section of a run config: how devices form ``(data, fsdp, tensor)``.
+
+    Attributes:
+      ici_shape: the mesh within a slice (or within one host's fast interconnect);
+        one entry may be -1 for "all remaining devices". The default is pure FSDP.
+      dcn_shape: how slices are combined (multi-slice TPU pods); (1, 1, 1) for one
+        slice. The full mesh axis sizes are ``ici_shape * dcn_shape`` per axis.
+    """
+
+    ici_shape: tuple[int, int, int] = (1, -1, 1)
+    dcn_shape: tuple[int, int, int] = (1, 1, 1)
+
+    def __post_init__(self):
+        for name in ("ici_shape", "dcn_shape"):
+            shape = tuple(getattr(self, name))
+            if len(shape) != len(MESH_AXES):
+                raise ValueError(f"mesh.{name} must have {len(MESH_AXES)} entries {MESH_AXES}, got {shape}")
+            if any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
+                raise ValueError(f"mesh.{name} entries must be positive, with at most one -1; got {shape}")
+
+
+def mesh_from_config(config: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+    """The mesh a config describes, over ``devices`` (default: all, every process).
+
+    Raises ValueError naming ``mesh.ici_shape`` / ``mesh.dcn_shape`` when the shape
+    does not match the number of devices.
+    """
+    return make_mesh(config.ici_shape, config.dcn_shape, devices)

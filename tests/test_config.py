@@ -163,7 +163,7 @@ def test_yaml_unknown_key_names_file_and_key(tmp_path):
 
 def test_yaml_unknown_section_names_file(tmp_path):
     path = write(tmp_path, "run.yaml", "model: {preset: glm_tiny}\ntrainer: {steps: 1}\n")
-    with raises(f"{path}: unknown key 'trainer'; valid keys: model"):
+    with raises(f"{path}: unknown key 'trainer' (did you mean 'train'?); valid keys: checkpoint, mesh, model,"):
         load_yaml(path)
 
 
@@ -295,7 +295,7 @@ def test_overrides_of_collections_and_nested_sections():
     "override, message",
     [
         ("model.hidden_sizee=128", "override 'model.hidden_sizee=128': unknown key 'model.hidden_sizee'"),
-        ("train.steps=1", "override 'train.steps=1': unknown key 'train'; valid keys: model"),
+        ("trainer.steps=1", "override 'trainer.steps=1': unknown key 'trainer' (did you mean 'train'?)"),
         ("model.hidden_size=big", "override 'model.hidden_size=big': model.hidden_size: expected int, got str 'big'"),
         ("model.scan_layers=1", "override 'model.scan_layers=1': model.scan_layers: expected bool, got int 1"),
         ("model.scan_layers=yes", "model.scan_layers: expected bool, got str 'yes'"),
