@@ -53,15 +53,28 @@ class TrainConfig:
         many sequential microbatches; the update equals the full-batch one.
       steps: number of updates.
       seed: seeds parameter init and, with the step number, every dropout mask.
+      output_dir: the run's directory: TensorBoard events and metrics.jsonl go to
+        ``<output_dir>/logs``, checkpoints to ``<output_dir>/checkpoints`` unless
+        ``checkpoint.directory`` says otherwise.
+      log_every: steps between progress lines and metric records (one host sync each).
+      eval_every: steps between evaluations on the held-out split; 0 = only at the end.
+      eval_batches: batches per evaluation.
+      peak_tflops: the accelerator's peak (bf16) TFLOP/s per device, for MFU; None
+        looks the device kind up in glm_jax.trainer.PEAK_TFLOPS (CPU: no MFU).
     """
 
     global_batch_size: int = 1024
     num_microbatches: int = 1
     steps: int = 200_000
     seed: int = 0
+    output_dir: str = "runs/default"
+    log_every: int = 50
+    eval_every: int = 0
+    eval_batches: int = 8
+    peak_tflops: Optional[float] = None
 
     def __post_init__(self):
-        for name in ("global_batch_size", "num_microbatches", "steps"):
+        for name in ("global_batch_size", "num_microbatches", "steps", "log_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.global_batch_size % self.num_microbatches:
@@ -69,6 +82,8 @@ class TrainConfig:
                 f"train.global_batch_size ({self.global_batch_size}) must be divisible by "
                 f"train.num_microbatches ({self.num_microbatches})"
             )
+        if self.eval_every < 0:
+            raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
 
 
 @flax.struct.dataclass
