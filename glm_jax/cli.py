@@ -56,7 +56,19 @@ def _add_forward(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-_COMMANDS: tuple[Callable, ...] = (_add_convert, _add_forward)
+def _add_generate(subparsers) -> None:
+    from glm_jax.generate_cli import add_generate_arguments, cli_generate
+
+    p = subparsers.add_parser(
+        "generate",
+        help="fill [MASK]/[sMASK]/[gMASK] blanks in text with a trained or converted model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_generate_arguments(p)
+    p.set_defaults(func=cli_generate)
+
+
+_COMMANDS: tuple[Callable, ...] = (_add_convert, _add_forward, _add_generate)
 
 
 def build_parser() -> argparse.ArgumentParser:

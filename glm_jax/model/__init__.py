@@ -1,6 +1,6 @@
 """The GLM model: config, masks and the Flax module."""
 
 from glm_jax.model.config import ModelConfig
-from glm_jax.model.glm import GLM, stack_layers, unstack_layers
+from glm_jax.model.glm import GLM, init_cache, stack_layers, unstack_layers
 
-__all__ = ["GLM", "ModelConfig", "stack_layers", "unstack_layers"]
+__all__ = ["GLM", "ModelConfig", "init_cache", "stack_layers", "unstack_layers"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -449,8 +449,9 @@ def cache_batch_axis(path: tuple, leaf: Any) -> Optional[int]:
     raise ValueError(f"unknown cache entry {jax.tree_util.keystr(path)}")
 
 
-def map_cache_rows(cache: dict, fn) -> dict:
-    """Apply ``fn(array, batch_axis)`` to every cache leaf that has a batch axis."""
+def map_cache_rows(cache: dict, fn: Callable[[Array, int], Array]) -> dict:
+    """Apply ``fn(array, batch_axis)`` to every cache leaf that has a batch axis,
+    e.g. ``jnp.take(x, rows, axis)`` to reorder beams or ``jnp.repeat`` to copy rows."""
 
     def apply(path, leaf):
         axis = cache_batch_axis(path, leaf)

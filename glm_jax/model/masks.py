@@ -17,6 +17,12 @@ The model accepts the pattern in three forms, each turned into a boolean
 
 Padding is not masked inside Part A, as in the official code (spec 2.4): right
 padding sits in the causal region, so real tokens never see it.
+
+Incremental decoding (a key/value cache of fixed length, see glm_jax/model/glm.py)
+uses :func:`cache_mask`. There padding *is* masked: a batch of contexts of different
+lengths is right-padded inside one bidirectional prefill, where the official rule
+would let every real token see the padding. Each cache slot therefore carries a
+validity flag, and a key is visible only if its slot holds a real token.
 """
 
 from __future__ import annotations
@@ -46,6 +52,38 @@ def sep_mask(sep: jnp.ndarray, q_len: int, kv_len: Optional[int] = None) -> jnp.
     causal = k_idx <= q_idx  # [q, kv]
     prefix = k_idx[None] < sep[:, None, None]  # [batch, 1, kv]
     return (causal[None] | prefix)[:, None]
+
+
+def cache_mask(
+    key_valid: jnp.ndarray, cache_index: jnp.ndarray, q_len: int, sep: jnp.ndarray
+) -> jnp.ndarray:
+    """GLM mask for ``q_len`` new tokens written into a key/value cache.
+
+    The new tokens occupy slots ``cache_index .. cache_index + q_len - 1``. A new
+    token at slot s sees slot k iff slot k holds a real token and either ``k <= s``
+    (everything cached before it, and this call's tokens causally) or k is among
+    the first ``sep`` tokens of this call (they form a bidirectional Part A). With
+    an empty cache and all tokens valid this is exactly :func:`sep_mask`; a decode
+    step (``sep = 0``) sees the whole cache, as the official code's memory does
+    (spec 1.7).
+
+    Args:
+      key_valid: ``[batch, cache_len]`` bool, True where a slot holds a real token,
+        already updated with this call's tokens.
+      cache_index: int scalar, the slot of this call's first token.
+      q_len: number of new tokens.
+      sep: ``[batch]`` int, how many of this call's tokens are Part A.
+
+    Returns:
+      ``[batch, 1, q_len, cache_len]`` bool.
+    """
+    cache_len = key_valid.shape[-1]
+    sep = jnp.asarray(sep).reshape(-1)
+    k_idx = jnp.arange(cache_len)
+    q_slot = cache_index + jnp.arange(q_len)
+    causal = k_idx[None, :] <= q_slot[:, None]  # [q, cache_len]
+    prefix = k_idx[None, None, :] < (cache_index + sep)[:, None, None]  # [batch, 1, cache_len]
+    return ((causal[None] | prefix) & key_valid[:, None, :])[:, None]
 
 
 def segment_mask(segment_ids: jnp.ndarray, part_a: jnp.ndarray) -> jnp.ndarray:
