@@ -41,6 +41,7 @@ from typing import Any, Callable, Literal, Optional, TypeVar, Union
 import yaml
 
 from glm_jax.checkpointing import CheckpointConfig
+from glm_jax.data import DataConfig
 from glm_jax.model.config import ModelConfig
 from glm_jax.model.presets import get_preset
 from glm_jax.optim import OptimizerConfig
@@ -466,6 +467,7 @@ class Config:
       optimizer: AdamW and the learning-rate schedule (``glm_jax.optim``).
       mesh: the device mesh (``glm_jax.sharding``).
       checkpoint: where and how often to checkpoint (``glm_jax.checkpointing``).
+      data: the seqio task, sequence length and packing (``glm_jax.data``).
     """
 
     model: ModelConfig
@@ -473,9 +475,36 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
 
     def __str__(self) -> str:
         return to_yaml(self)
+
+
+def config_dirs() -> list[Path]:
+    """Where config names are looked up: ``$GLM_JAX_CONFIGS`` (os.pathsep-separated),
+    then the ``configs/`` folder of the source tree glm_jax runs from."""
+    import os
+
+    dirs = [Path(p) for p in os.environ.get("GLM_JAX_CONFIGS", "").split(os.pathsep) if p]
+    return dirs + [Path(__file__).resolve().parent.parent / "configs"]
+
+
+def find_config(path_or_name: str | Path) -> Path:
+    """A config file by path, or by name relative to :func:`config_dirs`
+    (``pretrain_embedded`` finds ``configs/pretrain_embedded.yaml``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    candidates = [path] if path.suffix else [path.with_suffix(".yaml"), path]
+    for root in config_dirs():
+        for candidate in candidates:
+            if (root / candidate).is_file():
+                return root / candidate
+    raise FileNotFoundError(
+        f"config file not found: {path_or_name} (looked in the working directory and "
+        f"{', '.join(str(d) for d in config_dirs())})"
+    )
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()) -> Config:
@@ -486,6 +515,8 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     ``model.preset=glm_10b`` keeps the file's other model keys (dtype, remat, ...)
     and swaps only the preset beneath them.
 
+    ``path`` may also be a name under ``configs/`` (see :func:`find_config`).
+
     Raises:
       FileNotFoundError: ``path`` does not exist.
       ConfigError: a problem in the file or an override, named in the message.
@@ -493,10 +524,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
     if path is None:
         data, sources = {"model": {PRESET_KEY: DEFAULT_PRESET}}, [f"default config (model.preset={DEFAULT_PRESET})"]
     else:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data, sources = _load_raw(Config, path)
+        data, sources = _load_raw(Config, find_config(path))
     where = _describe(sources)
     if overrides:
         data = _merge(data, _overrides_patch(Config, overrides))

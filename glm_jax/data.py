@@ -1,0 +1,109 @@
+"""From a registered seqio task or mixture to the training loop's batches.
+
+Each process reads its own shard of the data (``seqio.ShardInfo(process_index,
+process_count)``) and yields its rows of every global batch; the loop assembles the
+global arrays (glm_jax/multihost.py). The iterator is a ``tf.data`` iterator wrapped
+for checkpointing (glm_jax/checkpointing/data.py): a resumed run continues from the
+saved position instead of replaying the preprocessing of the steps already taken.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping, Optional
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The ``data`` config section.
+
+    Attributes:
+      task: a registered seqio task or mixture (see tasks/pretrain.py for names).
+      sequence_length: tokens per row, T.
+      pack: pack several examples per row (segment ids + Part A flags).
+      seed: seeds seqio's shuffling and every example's blank choice.
+      shuffle_buffer: examples in seqio's shuffle buffer.
+      train_split, eval_split: splits for training and held-out evaluation.
+    """
+
+    task: str = "glm_pretrain_multitask_embedded"
+    sequence_length: int = 128
+    pack: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 10_000
+    train_split: str = "train"
+    eval_split: str = "validation"
+
+    def __post_init__(self):
+        if self.sequence_length < 8:
+            raise ValueError(f"data.sequence_length must be >= 8, got {self.sequence_length}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
+
+
+def _dataset(config: DataConfig, split: str, local_batch: int, *, train: bool, shard: Optional[tuple[int, int]]):
+    import seqio
+    import tensorflow as tf
+
+    import tasks  # noqa: F401  (registers the tasks)
+    from tasks.feature_converter import GLMFeatureConverter
+
+    provider = seqio.get_mixture_or_task(config.task)  # raises with the known names if absent
+    vocabulary = provider.output_features["targets"].vocabulary
+    index, count = shard if shard is not None else (0, 1)
+    sequence_length = {"tokens": config.sequence_length, "targets": config.sequence_length}
+    # Mixtures take no shuffle buffer size (their tasks use their own).
+    extra = {"shuffle_buffer_size": config.shuffle_buffer} if isinstance(provider, seqio.Task) else {}
+    ds = provider.get_dataset(
+        sequence_length=sequence_length,
+        split=split,
+        shuffle=train,
+        seed=config.seed,
+        **extra,
+        shard_info=seqio.ShardInfo(index=index, num_shards=count),
+        num_epochs=None if train else 1,
+    )
+    converter = GLMFeatureConverter(pack=config.pack, command_tokens=vocabulary.command_tokens)
+    ds = converter(ds, {"tokens": config.sequence_length})
+    return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def train_batches(config: DataConfig, local_batch: int, shard: Optional[tuple[int, int]] = None):
+    """Endless, checkpointable iterator of this process's ``[local_batch, T]`` rows.
+
+    Args:
+      shard: ``(process_index, process_count)``; default: this JAX process's.
+    """
+    from glm_jax.checkpointing import TfDataIteratorState
+
+    shard = shard if shard is not None else _process_shard()
+    ds = _dataset(config, config.train_split, local_batch, train=True, shard=shard)
+    return TfDataIteratorState(iter(ds))
+
+
+def eval_batches(config: DataConfig, local_batch: int, shard: Optional[tuple[int, int]] = None) -> Iterator:
+    """One pass over the held-out split, as numpy batches (deterministic order)."""
+    shard = shard if shard is not None else _process_shard()
+    ds = _dataset(config, config.eval_split, local_batch, train=False, shard=shard)
+    return ds.as_numpy_iterator()
+
+
+def _process_shard() -> tuple[int, int]:
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def vocabulary_of(task: str):
+    """The vocabulary of a registered task (its ``targets`` feature)."""
+    import seqio
+
+    import tasks  # noqa: F401
+
+    return seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
+
+
+def to_numpy(batch: Mapping) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in batch.items()}

@@ -1,0 +1,121 @@
+"""Registered GLM pretraining tasks, and the one call that adds them for a new corpus.
+
+For a source called ``NAME`` (the embedded corpus is ``embedded``) this registers
+
+    glm_pretrain_token_NAME      token-level blanks (GLM-Base / GLM-Large)
+    glm_pretrain_sentence_NAME   whole sentences, [sMASK]
+    glm_pretrain_document_NAME   one 50-100% span, [gMASK] (suffix or in place)
+    glm_pretrain_multitask_NAME  0.5 / 0.3 / 0.2 per example, task masks, [dBLOCK]
+                                 (the GLM-10B recipe, spec 3.4)
+
+Each task: text -> tokens (the vocabulary) -> ``[CLS]``-led windows across documents
+(tasks/windows.py) -> one blank-infilling example per window (tasks/objectives.py).
+Feed them to the model through ``tasks.feature_converter.GLMFeatureConverter``.
+
+Adding a corpus::
+
+    from tasks import pretrain, sources
+    pretrain.register_pretraining_tasks("mywiki", sources.JsonLinesSource("wiki-*.jsonl"))
+    # -> glm_pretrain_token_mywiki, ..., glm_pretrain_multitask_mywiki
+
+Determinism and restarts: every random choice is a stateless function of seqio's
+seed and the example's place in the stream, so ``seqio.get_dataset(..., seed=s)``
+gives the same batches every time, and ``ShardInfo`` gives each host a disjoint part
+of the documents. To restart at step N without replaying N steps of preprocessing,
+checkpoint the ``tf.data`` iterator (glm_jax.checkpointing.TfDataIteratorState,
+what ``glm-jax train`` does): it stores the pipeline's position and buffers, and
+restoring continues from there.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Mapping, Optional
+
+import seqio
+
+from tasks import objectives, windows
+from tasks.objectives import ObjectiveConfig
+from tasks.vocab import EmbeddedVocabulary, GLMVocabulary
+
+OBJECTIVES: Mapping[str, ObjectiveConfig] = {
+    "token": objectives.GLM_BASE,
+    "sentence": ObjectiveConfig(token_prob=0.0, sentence_prob=1.0, task_mask=True),
+    "document": ObjectiveConfig(token_prob=0.0, document_prob=1.0, task_mask=True),
+    "multitask": objectives.GLM_10B,
+}
+
+
+def task_name(objective: str, source_name: str) -> str:
+    return f"glm_pretrain_{objective}_{source_name}"
+
+
+def _command_preprocessor(fn, vocabulary: GLMVocabulary, **kwargs):
+    """Bind the vocabulary's command ids when seqio runs the preprocessor, not at
+    registration: reading them loads the sentencepiece model (for the embedded
+    vocabulary, builds the corpus), which importing ``tasks`` must not do."""
+
+    def preprocess(dataset, sequence_length=None):
+        extra = dict(kwargs)
+        if extra.pop("needs_sentence_end", False):
+            extra["sentence_end"] = vocabulary.sentence_end_mask()
+        return fn(dataset, sequence_length, command_tokens=vocabulary.command_tokens, **extra)
+
+    return preprocess
+
+
+def register_pretraining_tasks(
+    source_name: str,
+    source: seqio.DataSource,
+    vocabulary: Optional[GLMVocabulary] = None,
+    *,
+    objective_configs: Optional[Mapping[str, ObjectiveConfig]] = None,
+    window_length: Optional[int] = None,
+    overwrite: bool = False,
+) -> list[str]:
+    """Register ``glm_pretrain_{objective}_{source_name}`` for each objective.
+
+    Args:
+      source_name: suffix of the task names (letters, digits, ``_``).
+      source: a seqio DataSource yielding ``{'text': tf.string}`` (tasks/sources.py).
+      vocabulary: default: the embedded corpus' vocabulary.
+      objective_configs: name -> ObjectiveConfig; default :data:`OBJECTIVES`.
+      window_length: tokens per window before blanking; default ``T - 2``
+        (tasks/windows.py explains the budget).
+      overwrite: replace tasks of the same names (else seqio raises on duplicates).
+
+    Returns:
+      The registered task names.
+    """
+    if not source_name.replace("_", "").isalnum():
+        raise ValueError(f"source_name must be letters, digits and '_', got {source_name!r}")
+    vocabulary = vocabulary if vocabulary is not None else EmbeddedVocabulary()
+    names = []
+    for objective, config in (objective_configs or OBJECTIVES).items():
+        name = task_name(objective, source_name)
+        if overwrite and name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add(
+            name,
+            source=source,
+            preprocessors=[
+                functools.partial(seqio.preprocessors.rekey, key_map={"targets": "text"}),
+                seqio.preprocessors.tokenize,
+                _command_preprocessor(windows.document_windows, vocabulary, length=window_length),
+                _command_preprocessor(
+                    objectives.blank_infilling, vocabulary, config=config,
+                    needs_sentence_end=config.sentence_prob > 0,
+                ),
+            ],
+            output_features={"targets": seqio.Feature(vocabulary, add_eos=False)},
+        )
+        names.append(name)
+    return names
+
+
+def register_embedded(overwrite: bool = False) -> list[str]:
+    """The embedded corpus' tasks (``glm_pretrain_*_embedded``); cheap: nothing is
+    built until a dataset is requested."""
+    from tasks.sources import EmbeddedCorpusSource
+
+    return register_pretraining_tasks("embedded", EmbeddedCorpusSource(), overwrite=overwrite)
