@@ -7,6 +7,8 @@ For a source called ``NAME`` (the embedded corpus is ``embedded``) this register
     glm_pretrain_document_NAME   one 50-100% span, [gMASK] (suffix or in place)
     glm_pretrain_multitask_NAME  0.5 / 0.3 / 0.2 per example, task masks, [dBLOCK]
                                  (the GLM-10B recipe, spec 3.4)
+    glm_pretrain_doc_NAME        0.5 token / 0.5 document, no task masks (GLM-Doc)
+    glm_pretrain_sent_NAME       0.5 token / 0.5 sentence, no task masks (GLM-Sent)
 
 Each task: text -> tokens (the vocabulary) -> ``[CLS]``-led windows across documents
 (tasks/windows.py) -> one blank-infilling example per window (tasks/objectives.py).
@@ -43,6 +45,8 @@ OBJECTIVES: Mapping[str, ObjectiveConfig] = {
     "sentence": ObjectiveConfig(token_prob=0.0, sentence_prob=1.0, task_mask=True),
     "document": ObjectiveConfig(token_prob=0.0, document_prob=1.0, task_mask=True),
     "multitask": objectives.GLM_10B,
+    "doc": objectives.GLM_DOC,
+    "sent": objectives.GLM_SENT,
 }
 
 

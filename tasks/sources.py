@@ -98,6 +98,11 @@ class _FileDocumentSource(seqio.DataSource, metaclass=abc.ABCMeta):
     def __init__(self, split_to_filepattern: Mapping[str, FilePatterns], *, on_error: OnError):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if not isinstance(split_to_filepattern, Mapping):
+            raise ValueError(
+                f"split_to_filepattern must map split names to file patterns, e.g. "
+                f"{{'train': {split_to_filepattern!r}}}; got {type(split_to_filepattern).__name__}"
+            )
         if not split_to_filepattern:
             raise ValueError("split_to_filepattern is empty: give at least one split")
         self._split_to_filepattern = dict(split_to_filepattern)

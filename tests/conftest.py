@@ -9,6 +9,12 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The embedded corpus and its vocabulary are built once per test session into a
+# temporary cache (never the user's ~/.cache), shared by every test that needs them.
+if "GLM_JAX_CACHE" not in os.environ:
+    import tempfile
+
+    os.environ["GLM_JAX_CACHE"] = tempfile.mkdtemp(prefix="glm_jax_test_cache_")
 
 from pathlib import Path  # noqa: E402
 
@@ -38,8 +44,9 @@ def official_io(official_dir) -> dict:
 
 
 @pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory) -> Path:
-    """The embedded corpus and its sentencepiece model, built once per test session."""
+def corpus_dir() -> Path:
+    """The embedded corpus and its sentencepiece model, built once per test session
+    where the registered embedded tasks look for it ($GLM_JAX_CACHE)."""
     from tasks import corpus
 
-    return corpus.embedded_corpus(tmp_path_factory.getbasetemp() / "embedded_corpus").directory
+    return corpus.embedded_corpus().directory
