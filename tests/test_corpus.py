@@ -126,7 +126,7 @@ def test_extraction_rules_on_a_fake_stdlib(tmp_path):
     assert [d.id for d in stdlib] == ["stdlib:pkg", "stdlib:pkg.mod"]
     assert stdlib[0].text == "The package."
     assert stdlib[1].text == (
-        "Module doc.\n\nIndented line.\n\nIn an if block.\n\nIn a handler.\n\nNested method."
+        "Module doc. Indented line.\n\nIn an if block.\n\nIn a handler.\n\nNested method."
     )
     topics = [d for d in docs if d.id.startswith("pydoc:")]
     assert len(topics) > 50 and [d.id for d in topics] == sorted(d.id for d in topics)
