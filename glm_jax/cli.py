@@ -7,6 +7,7 @@ and imports heavy modules lazily so that ``glm-jax --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -68,7 +69,20 @@ def _add_generate(subparsers) -> None:
     p.set_defaults(func=cli_generate)
 
 
-_COMMANDS: tuple[Callable, ...] = (_add_convert, _add_forward, _add_generate)
+def _add_train(subparsers) -> None:
+    from glm_jax.train_cli import add_train_arguments, cli_train
+
+    p = subparsers.add_parser(
+        "train",
+        help="pretrain a GLM (default: the embedded corpus, a few minutes on CPU) and export it",
+        description="Pretrain a GLM from a YAML config; resumes from the run's latest checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_train_arguments(p)
+    p.set_defaults(func=cli_train)
+
+
+_COMMANDS: tuple[Callable, ...] = (_add_train, _add_generate, _add_convert, _add_forward)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # TensorFlow (seqio's data pipeline) logs every CUDA probe at INFO; keep warnings.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -50,6 +50,9 @@ def _dataset(config: DataConfig, split: str, local_batch: int, *, train: bool, s
     import tasks  # noqa: F401  (registers the tasks)
     from tasks.feature_converter import GLMFeatureConverter
 
+    # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses (else
+    # it would reserve GPU memory for itself).
+    tf.config.set_visible_devices([], "GPU")
     provider = seqio.get_mixture_or_task(config.task)  # raises with the known names if absent
     vocabulary = provider.output_features["targets"].vocabulary
     index, count = shard if shard is not None else (0, 1)

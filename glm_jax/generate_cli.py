@@ -24,7 +24,8 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     )
     parser.add_argument("--checkpoint", required=True, help="glm-jax model directory (from `glm-jax convert`)")
     parser.add_argument(
-        "--vocab", required=True, help="sentencepiece model of the GLM vocabulary (tasks.vocab.GLMVocabulary)"
+        "--vocab", default=None,
+        help="sentencepiece model of the GLM vocabulary (default: the model directory's vocab.model)",
     )
     parser.add_argument("--input-file", default=None, help="read prompts from this file, one per line ('-': stdin)")
     parser.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="greedy")
@@ -91,17 +92,25 @@ def load_vocabulary(path: str) -> Any:
     return GLMVocabulary(path)
 
 
-def cli_generate(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cli_generate(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     """Run ``glm-jax generate`` with parsed ``args``; prints each result to ``out``.
 
     Raises:
       ValueError / FileNotFoundError: bad arguments, named (glm_jax/cli.py turns
         them into one-line errors).
     """
+    out = out if out is not None else sys.stdout  # looked up now: callers may redirect it
     settings = settings_from_args(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     prompts = read_prompts(args.prompts, args.input_file)
+    if args.vocab is None:
+        from glm_jax.model_dir import vocab_file
+
+        found = vocab_file(args.checkpoint)
+        if found is None:
+            raise ValueError(f"{args.checkpoint} has no vocab.model: pass --vocab SPM_MODEL")
+        args.vocab = str(found)
     vocab = load_vocabulary(args.vocab)
 
     from glm_jax.decoding.infill import infill_text

@@ -4,6 +4,8 @@ Layout::
 
     <dir>/config.yaml    the ModelConfig fields, plain YAML (one ``key: value`` per field)
     <dir>/params/        an orbax checkpoint of the Flax params tree (StandardCheckpointer)
+    <dir>/vocab.model    optional: the sentencepiece model of the GLM vocabulary the
+                         model was trained with (tasks.vocab.GLMVocabulary)
 
 Both :func:`save_model_dir` and :func:`load_model_dir` check the params against
 the tree that ``GLM(config).init`` would build (every path, shape and dtype), so a
@@ -13,6 +15,7 @@ named, at save time rather than at the first forward pass.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -30,9 +33,12 @@ PathLike = Union[str, Path]
 
 CONFIG_FILE = "config.yaml"
 PARAMS_DIR = "params"
+VOCAB_FILE = "vocab.model"
 
 
-def save_model_dir(path: PathLike, config: ModelConfig, params: Mapping[str, Any]) -> Path:
+def save_model_dir(
+    path: PathLike, config: ModelConfig, params: Mapping[str, Any], *, vocab_file: Optional[PathLike] = None
+) -> Path:
     """Write ``config`` and ``params`` as a glm-jax model directory; returns its path.
 
     Args:
@@ -41,6 +47,8 @@ def save_model_dir(path: PathLike, config: ModelConfig, params: Mapping[str, Any
       config: the model's config; ``config.scan_layers`` must match the params
         layout (``layers`` stacked vs ``layers_{i}``).
       params: the Flax params tree (numpy or jax arrays, ``config.param_dtype``).
+      vocab_file: a sentencepiece model to store beside the weights, so that
+        ``glm-jax generate --checkpoint DIR`` needs nothing else.
 
     Raises:
       ValueError: ``path`` is non-empty or not a directory, or ``params`` do not
@@ -53,9 +61,17 @@ def save_model_dir(path: PathLike, config: ModelConfig, params: Mapping[str, Any
         # orbax wants an absolute path; save() is async, so wait before declaring success.
         checkpointer.save(path.resolve() / PARAMS_DIR, nn.unbox(dict(params)))
         checkpointer.wait_until_finished()
+    if vocab_file is not None:
+        shutil.copyfile(vocab_file, path / VOCAB_FILE)
     # The config goes last: a directory without it is visibly incomplete.
     write_config(path / CONFIG_FILE, config)
     return path
+
+
+def vocab_file(path: PathLike) -> Optional[Path]:
+    """The model directory's ``vocab.model``, or None if it has none."""
+    candidate = Path(path) / VOCAB_FILE
+    return candidate if candidate.is_file() else None
 
 
 def load_model_dir(path: PathLike, *, shardings: Optional[Any] = None) -> tuple[ModelConfig, dict[str, Any]]:

@@ -1,0 +1,101 @@
+"""``glm-jax train``: pretrain (or continue) a GLM from a config.
+
+With no ``--config`` it runs the embedded default (configs/pretrain_embedded.yaml):
+a small GLM pretrained on the corpus every Python installation carries, then
+exported as a model directory that ``glm-jax generate`` reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_CONFIG = "pretrain_embedded"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG,
+        help="YAML config: a path, or a name under configs/ (e.g. pretrain_glm_large)",
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 model.dtype=bfloat16")
+    parser.add_argument("--no-export", action="store_true", help="do not write <output_dir>/model at the end")
+    group = parser.add_argument_group("multi-host (jax.distributed)")
+    group.add_argument("--coordinator-address", default=None, help="host:port of process 0")
+    group.add_argument("--num-processes", type=int, default=None)
+    group.add_argument("--process-id", type=int, default=None)
+    group.add_argument(
+        "--auto-distributed", action="store_true",
+        help="let jax.distributed detect the cluster (TPU pods, SLURM, ...)",
+    )
+    return parser
+
+
+def export_model(output_dir: Path, config, params, vocab_file) -> Path:
+    """Write ``<output_dir>/model`` (config, params, vocabulary), replacing an older export
+    only once the new one is complete: the checkpoints remain the source of truth."""
+    import jax
+    import numpy as np
+
+    from glm_jax.model_dir import save_model_dir
+
+    final = output_dir / "model"
+    staging = output_dir / f"model.tmp-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    save_model_dir(staging, config.model, host_params, vocab_file=vocab_file)
+    if final.exists():
+        old = output_dir / f"model.old-{os.getpid()}"
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old)
+    else:
+        staging.rename(final)
+    return final
+
+
+def cli_train(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> int:
+    from glm_jax import config as config_lib
+    from glm_jax import multihost
+
+    multihost.initialize(
+        args.coordinator_address, args.num_processes, args.process_id, auto_detect=args.auto_distributed
+    )
+    import jax
+
+    from glm_jax import data, sharding, trainer
+
+    config = config_lib.load_config(args.config, list(args.overrides))
+    is_main = jax.process_index() == 0
+    if is_main:
+        print_fn(f"# resolved config ({args.config})\n{config_lib.to_yaml(config)}")
+    mesh = sharding.mesh_from_config(config.mesh)
+    local_batch = len(multihost.process_batch_indices(mesh, config.train.global_batch_size))
+    start = time.perf_counter()
+    result = trainer.run(
+        config,
+        data.train_batches(config.data, local_batch),
+        eval_data=lambda: data.eval_batches(config.data, local_batch),
+        print_fn=print_fn if is_main else (lambda _: None),
+    )
+    elapsed = time.perf_counter() - start
+    losses = [r["loss"] for r in result.history if "loss" in r]
+    if is_main and losses:
+        print_fn(
+            f"trained steps {result.start_step}->{result.final_step} in {elapsed:.0f}s; "
+            f"loss {losses[0]:.3f} (first interval) -> {losses[-1]:.3f} (last)"
+        )
+    if result.stopped_early or args.no_export or not is_main:
+        return 0
+    vocabulary = data.vocabulary_of(config.data.task)
+    model_dir = export_model(
+        Path(config.train.output_dir), config, result.state.params, vocabulary.sentencepiece_model_file
+    )
+    print_fn(f"model written to {model_dir}; try:\n  glm-jax generate --checkpoint {model_dir} "
+             "\"The [MASK] statement is used to leave a loop.\"")
+    return 0
