@@ -163,7 +163,7 @@ def test_yaml_unknown_key_names_file_and_key(tmp_path):
 
 def test_yaml_unknown_section_names_file(tmp_path):
     path = write(tmp_path, "run.yaml", "model: {preset: glm_tiny}\ntrainer: {steps: 1}\n")
-    with raises(f"{path}: unknown key 'trainer' (did you mean 'train'?); valid keys: checkpoint, mesh, model,"):
+    with raises(f"{path}: unknown key 'trainer' (did you mean 'train'?); valid keys: checkpoint, data, mesh, model, optimizer, train"):
         load_yaml(path)
 
 
