@@ -347,14 +347,7 @@ class GLMVocabulary(seqio.Vocabulary):
     @tf.autograph.experimental.do_not_convert
     def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
         """Decodes ``[length]`` ids to a scalar string, or ``[batch, length]`` to ``[batch]``."""
-        ids = tf.convert_to_tensor(ids)
-        if ids.shape.rank == 1:
-            return self._decode_tf_1d(ids)
-        if ids.shape.rank == 2:
-            return tf.map_fn(
-                self._decode_tf_1d, ids, fn_output_signature=tf.TensorSpec([], tf.string)
-            )
-        raise ValueError(f"decode_tf takes ids of rank 1 or 2, got shape {ids.shape}")
+        return decode_rows_tf(ids, self._decode_tf_1d)
 
     def _decode_tf_1d(self, ids: tf.Tensor) -> tf.Tensor:
         model = self._loaded()
@@ -461,6 +454,17 @@ def _join_parts(parts: Sequence[str]) -> str:
 def _shift_right(x: tf.Tensor, fill) -> tf.Tensor:
     """``[fill, x[0], ..., x[-2]]``; empty for an empty ``x``."""
     return tf.concat([tf.fill([1], tf.constant(fill, x.dtype)), x], axis=0)[:-1]
+
+
+def decode_rows_tf(ids: tf.Tensor, decode_1d) -> tf.Tensor:
+    """Apply ``decode_1d`` (``[length]`` ids -> scalar string) to ``[length]`` or
+    ``[batch, length]`` ids; the rank rule of ``seqio.Vocabulary.decode_tf``."""
+    ids = tf.convert_to_tensor(ids)
+    if ids.shape.rank == 1:
+        return decode_1d(ids)
+    if ids.shape.rank == 2:
+        return tf.map_fn(decode_1d, ids, fn_output_signature=tf.TensorSpec([], tf.string))
+    raise ValueError(f"decode_tf takes ids of rank 1 or 2, got shape {ids.shape}")
 
 
 class EmbeddedVocabulary(GLMVocabulary):

@@ -18,6 +18,7 @@ import seqio
 import tensorflow as tf
 
 from glm_jax.command_tokens import CommandTokens
+from tasks.vocab import decode_rows_tf
 
 PathLike = Union[str, os.PathLike]
 
@@ -344,14 +345,7 @@ class OfficialVocabulary(seqio.Vocabulary, abc.ABC):
         return ids
 
     def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-        ids = tf.convert_to_tensor(ids)
-        if ids.shape.rank == 1:
-            return self._decode_tf_1d(ids)
-        if ids.shape.rank == 2:
-            return tf.map_fn(
-                self._decode_tf_1d, ids, fn_output_signature=tf.TensorSpec([], tf.string)
-            )
-        raise ValueError(f"decode_tf takes ids of rank 1 or 2, got shape {ids.shape}")
+        return decode_rows_tf(ids, self._decode_tf_1d)
 
     def _decode_tf_1d(self, ids: tf.Tensor) -> tf.Tensor:
         def decode(a: np.ndarray) -> bytes:
