@@ -10,9 +10,7 @@ saved position instead of replaying the preprocessing of the steps already taken
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Mapping, Optional
-
-import numpy as np
+from typing import Iterator, Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +104,3 @@ def vocabulary_of(task: str):
     import tasks  # noqa: F401
 
     return seqio.get_mixture_or_task(task).output_features["targets"].vocabulary
-
-
-def to_numpy(batch: Mapping) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in batch.items()}

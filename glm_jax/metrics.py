@@ -105,7 +105,7 @@ class Progress:
         self._last_time = clock()
         self._last_step = start_step
 
-    def update(self, step: int, metrics: Mapping[str, float], tokens: float) -> dict[str, float]:
+    def update(self, step: int, tokens: float) -> dict[str, float]:
         """Record ``tokens`` processed since the last call; return the derived rates."""
         now = self._clock()
         seconds = max(now - self._last_time, 1e-9)

@@ -122,7 +122,6 @@ def run(
         logger.warning("train_data cannot be checkpointed: a resumed run will not see the same batches")
 
     writer = metrics_lib.MetricsWriter(output_dir / "logs", enabled=is_main)
-    seq_len = None
     history: list[dict[str, float]] = []
     stopped_early = False
     with install_preemption_handler(), Checkpointer(ckpt_config) as checkpointer:
@@ -186,7 +185,7 @@ def _log_interval(step, interval, progress, writer, print_fn) -> dict[str, float
         "grad_norm": host[-1]["grad_norm"],
         "learning_rate": host[-1].get("learning_rate", float("nan")),
     }
-    rates = progress.update(step, record, tokens)
+    rates = progress.update(step, tokens)
     record.update(rates)
     writer.write(step, record, prefix="train/")
     writer.flush()

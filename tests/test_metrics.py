@@ -33,7 +33,7 @@ def test_flops_per_token_adds_full_attention():
 def test_progress_rates_mfu_and_eta():
     times = iter([0.0, 2.0])
     progress = metrics.Progress(total_steps=100, flops_per_token=1e9, peak_flops=1e13, clock=lambda: next(times))
-    rates = progress.update(step=10, metrics={}, tokens=20_000)
+    rates = progress.update(step=10, tokens=20_000)
     assert rates["tokens_per_s"] == 10_000
     assert rates["step_time_s"] == pytest.approx(0.2)
     assert rates["mfu"] == pytest.approx(1e13 / 1e13)  # 1e4 tok/s * 1e9 flop/tok over 1e13 peak
