@@ -13,7 +13,11 @@ from typing import Optional
 ACTIVATIONS = ("gelu_tanh", "gelu_exact")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
-ATTENTION_BACKENDS = ("xla",)
+# See glm_jax/model/attention.py: "xla" is the dense reference (the official numerics);
+# "dot_product_attention" is jax.nn.dot_product_attention (cuDNN on GPU) with the same
+# mask; "blockwise" (plain JAX) and "pallas" (a Pallas kernel) skip fully masked
+# blocks of the Part A / Part B pattern, read from sep or segment_ids + part_a.
+ATTENTION_BACKENDS = ("xla", "dot_product_attention", "blockwise", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +44,14 @@ class ModelConfig:
       scan_layers: stack the layers' parameters on a leading axis and run them with
         ``nn.scan`` (faster compiles for deep models).
       remat_policy: what the backward pass keeps; see glm_jax/model/glm.py.
-      attention_backend: how attention is computed; "xla" is the dense reference.
+      attention_backend: how attention is computed, one of ATTENTION_BACKENDS; "xla"
+        is the dense reference. "dot_product_attention" has no attention dropout, and
+        "pallas" none yet (a ValueError when training with attention_dropout > 0);
+        "blockwise" and "pallas" take no explicit attention_mask. Decoding always
+        uses "xla".
+      attention_block_size: query and key tile size of the "blockwise" and "pallas"
+        backends (a multiple of 8; the Pallas GPU kernel needs a power of two >= 16).
+        It also sets the blockwise attention-dropout pattern.
     """
 
     vocab_size: int
@@ -60,6 +71,7 @@ class ModelConfig:
     scan_layers: bool = False
     remat_policy: str = "none"
     attention_backend: str = "xla"
+    attention_block_size: int = 128
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
@@ -75,6 +87,9 @@ class ModelConfig:
         _check_choice("param_dtype", self.param_dtype, DTYPES)
         _check_choice("remat_policy", self.remat_policy, REMAT_POLICIES)
         _check_choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        if self.attention_block_size <= 0 or self.attention_block_size % 8:
+            raise ValueError(f"model.attention_block_size must be a positive multiple of 8, "
+                             f"got {self.attention_block_size}")
         for name in ("embedding_dropout", "attention_dropout", "hidden_dropout"):
             rate = getattr(self, name)
             if not 0.0 <= rate < 1.0:

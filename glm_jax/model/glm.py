@@ -43,11 +43,11 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from glm_jax.model import masks
+from glm_jax.model import attention, masks
 from glm_jax.model.config import ModelConfig
 
 # The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
-MASK_VALUE = -65504.0
+MASK_VALUE = attention.MASK_VALUE
 
 Array = jnp.ndarray
 
@@ -117,7 +117,9 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention with a fused QKV projection.
 
     The QKV kernel ``[embed, 3, heads, head_dim]`` is the official ``[3h, h]`` fused
-    weight transposed and split, so heads can be sharded without reordering.
+    weight transposed and split, so heads can be sharded without reordering. The
+    attention itself runs on ``config.attention_backend`` (glm_jax/model/attention.py);
+    decode mode always runs the dense "xla" reference over the cache.
     """
 
     config: ModelConfig
@@ -125,13 +127,13 @@ class SelfAttention(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cache_index: Optional[Array] = None) -> Array:
+    def __call__(self, x: Array, pattern: attention.AttentionPattern, cache_index: Optional[Array] = None) -> Array:
         """Attend.
 
         Args:
           x: ``[batch, q_len, embed]``.
-          mask: ``[batch, 1, q_len, kv_len]`` bool; ``kv_len`` is ``q_len``, or the
-            cache length in decode mode.
+          pattern: from :func:`attention.make_pattern` for the configured backend; in
+            decode mode its ``mask`` is ``[batch, 1, q_len, cache_len]`` bool.
           cache_index: decode mode only: int scalar, the cache slot of x's first token.
 
         In decode mode the first call (from :func:`init_cache`) only creates
@@ -159,11 +161,18 @@ class SelfAttention(nn.Module):
         key = key / jnp.asarray(math.sqrt(cfg.head_dim), dtype)
         if self.decode:
             key, value = self._update_cache(key, value, cache_index)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
-        scores = jnp.where(mask, scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-        probs = nn.Dropout(rate=cfg.attention_dropout)(probs, deterministic=self.deterministic)
-        context = jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+        backend = "xla" if self.decode else cfg.attention_backend
+        if backend == "xla":
+            dropout = nn.Dropout(rate=cfg.attention_dropout)
+            context = attention.xla_attention(
+                query, key, value, pattern.mask, lambda p: dropout(p, deterministic=self.deterministic)
+            )
+        else:
+            rate = 0.0 if self.deterministic else cfg.attention_dropout
+            context = attention.attend(
+                backend, query, key, value, pattern, block_size=cfg.attention_block_size, dropout_rate=rate,
+                dropout_rng=self.make_rng("dropout") if rate > 0 else None,
+            )
         context = _constrain(context, ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
 
         out = Projection(
@@ -232,11 +241,11 @@ class TransformerLayer(nn.Module):
     decode: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, cache_index: Optional[Array] = None):
+    def __call__(self, x: Array, pattern: attention.AttentionPattern, cache_index: Optional[Array] = None):
         cfg = self.config
         x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         h = layer_norm(cfg, "input_layernorm")(x)
-        x = x + SelfAttention(cfg, self.deterministic, self.decode, name="attention")(h, mask, cache_index)
+        x = x + SelfAttention(cfg, self.deterministic, self.decode, name="attention")(h, pattern, cache_index)
         h = layer_norm(cfg, "post_attention_layernorm")(x)
         x = x + MLP(cfg, self.deterministic, name="mlp")(h)
         return x, None
@@ -313,11 +322,15 @@ class GLM(nn.Module):
         cache_index = None
         if decode:
             mask, cache_index = self._decode_mask(tokens.shape, sep, attention_mask, segment_ids, valid)
+            pattern = attention.AttentionPattern(mask=mask)
         else:
             if valid is not None:
                 raise ValueError("valid (padding flags) is only used with decode=True")
-            mask = masks.build(
-                tokens.shape[1], sep=sep, attention_mask=attention_mask, segment_ids=segment_ids, part_a=part_a
+            # Dense backends get the [batch, 1, T, T] mask, built once for all layers; the
+            # block backends get per-token segment ids and Part A flags instead.
+            pattern = attention.make_pattern(
+                cfg.attention_backend, tokens.shape[1],
+                sep=sep, attention_mask=attention_mask, segment_ids=segment_ids, part_a=part_a,
             )
 
         def embed(name: str, rows: int, axes: tuple[str, str]) -> nn.Embed:
@@ -359,11 +372,11 @@ class GLM(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             stack = stack(cfg, deterministic, decode, name="layers")
-            x, _ = stack(x, mask, cache_index) if decode else stack(x, mask)
+            x, _ = stack(x, pattern, cache_index) if decode else stack(x, pattern)
         else:
             for i in range(cfg.num_layers):
                 layer = layer_cls(cfg, deterministic, decode, name=f"layers_{i}")
-                x, _ = layer(x, mask, cache_index) if decode else layer(x, mask)
+                x, _ = layer(x, pattern, cache_index) if decode else layer(x, pattern)
 
         x = layer_norm(cfg, "final_layernorm")(x)
         # Tied output head, no bias; accumulate in float32 so bf16 runs give fp32 logits.

@@ -1,0 +1,271 @@
+"""Attention backends for the GLM mask, chosen by ``model.attention_backend``.
+
+Every backend computes, per head, ``softmax(q k^T + mask) v`` with ``k`` already
+scaled by 1/sqrt(head_dim) (the official GLM scales K, not the scores; spec 1.2) and
+float32 scores. They differ in how they read the attention pattern and what they skip:
+
+* ``"xla"``: the reference and the official numerics. A dense ``[batch, 1, q, kv]``
+  bool mask, masked scores filled with -65504 (spec 1.8), then softmax. O(T^2)
+  memory. Every pattern form; attention dropout; decoding.
+* ``"dot_product_attention"``: ``jax.nn.dot_product_attention`` with the same dense
+  mask as a boolean ``mask``. On GPU with bf16/fp16 inputs it asks for cuDNN's fused
+  kernel (which turns the mask into a materialised bias, so nothing is skipped) and
+  falls back to XLA where cuDNN refuses the shape; elsewhere it is XLA's own
+  implementation. Every pattern form; no attention dropout (a ValueError in training
+  with ``model.attention_dropout > 0``).
+* ``"blockwise"``: flash-style attention in plain JAX that skips fully masked tiles
+  (glm_jax/model/kernels/blockwise.py). It reads ``sep`` or ``segment_ids`` +
+  ``part_a``, never a dense mask, so memory is O(T * block); an explicit
+  ``attention_mask`` is a ValueError. Attention dropout with its own per-tile RNG.
+* ``"pallas"``: the same tile skipping as Pallas kernels (forward, dK/dV, dQ),
+  Triton-lowered on GPU and run in the Pallas interpreter on CPU, which is how the
+  tests check them (glm_jax/model/kernels/pallas_gpu.py); a ValueError on TPU. Same
+  inputs as ``"blockwise"``; no attention dropout yet.
+
+Decoding (``decode=True``, the key/value cache) always uses ``"xla"``, whatever the
+backend: the cache mask (glm_jax/model/masks.py ``cache_mask``) has a validity flag per
+slot and a query length of 1 per step, where tiles buy nothing.
+
+Under a device mesh the blockwise kernels run per shard with ``jax.shard_map``:
+batch and heads split as the logical rules split the attention activations, the
+sequence whole (each shard needs all its keys).
+
+Choosing. On CPU "blockwise" is the fastest and by far the smallest
+(benchmarks/RESULTS.md). On GPU (expected, not yet measured) "pallas" or
+"dot_product_attention" (cuDNN); "blockwise" there runs a loop of small kernels
+per tile, so it saves memory, not time. On TPU "xla".
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from glm_jax.model import masks
+from glm_jax.model.kernels import blocks, blockwise
+
+# The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
+MASK_VALUE = -65504.0
+
+DENSE_BACKENDS = ("xla", "dot_product_attention")
+BLOCK_BACKENDS = ("blockwise", "pallas")
+
+Array = jnp.ndarray
+
+
+@flax.struct.dataclass
+class AttentionPattern:
+    """The attention pattern as the chosen backend reads it (a pytree, so it passes
+    through ``nn.scan`` and ``nn.remat`` like the mask it replaces).
+
+    Dense backends and decoding fill ``mask``; block backends fill ``segment_ids``
+    and ``part_a``.
+
+    Attributes:
+      mask: ``[batch, 1, q_len, kv_len]`` bool, True = may attend.
+      segment_ids: ``[batch, T]`` int32, one id per example in a packed row (a ``sep``
+        row is all 1).
+      part_a: ``[batch, T]`` bool, True for the keys every later token of the
+        segment may see.
+    """
+
+    mask: Optional[Array] = None
+    segment_ids: Optional[Array] = None
+    part_a: Optional[Array] = None
+
+
+def make_pattern(
+    backend: str,
+    q_len: int,
+    *,
+    sep: Optional[Array] = None,
+    attention_mask: Optional[Array] = None,
+    segment_ids: Optional[Array] = None,
+    part_a: Optional[Array] = None,
+) -> AttentionPattern:
+    """The pattern for ``backend`` from exactly one of the model's pattern inputs
+    (see glm_jax/model/masks.py for the forms)."""
+    if backend in DENSE_BACKENDS:
+        return AttentionPattern(mask=masks.build(q_len, sep=sep, attention_mask=attention_mask,
+                                                 segment_ids=segment_ids, part_a=part_a))
+    if backend not in BLOCK_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {DENSE_BACKENDS + BLOCK_BACKENDS}")
+    given = [name for name, v in (("sep", sep), ("attention_mask", attention_mask),
+                                  ("segment_ids", segment_ids)) if v is not None]
+    if len(given) != 1:
+        raise ValueError("give the attention pattern as exactly one of sep, attention_mask or "
+                         f"segment_ids (+ part_a); got {given or 'none'}")
+    if attention_mask is not None:
+        raise ValueError(
+            f"model.attention_backend={backend!r} reads the pattern from sep or segment_ids + part_a, "
+            "which tell it which blocks to skip; an explicit attention_mask needs 'xla' or "
+            "'dot_product_attention'"
+        )
+    if sep is not None:
+        seg, pa = blocks.sep_metadata(sep, q_len)
+        return AttentionPattern(segment_ids=seg, part_a=pa)
+    if part_a is None:
+        raise ValueError("segment_ids needs part_a (per-token Part A flags); see part_a_from_segment_sep")
+    segment_ids, part_a = jnp.asarray(segment_ids), jnp.asarray(part_a)
+    if segment_ids.shape[-1] != q_len or part_a.shape != segment_ids.shape:
+        raise ValueError(f"segment_ids and part_a must both be [batch, {q_len}], "
+                         f"got {segment_ids.shape} and {part_a.shape}")
+    return AttentionPattern(segment_ids=segment_ids.astype(jnp.int32), part_a=part_a.astype(bool))
+
+
+def xla_attention(query: Array, key: Array, value: Array, mask: Array,
+                  dropout: Optional[Callable[[Array], Array]] = None) -> Array:
+    """The reference: dense scores, -65504 fill, float32 softmax.
+
+    Args:
+      query: ``[batch, q_len, heads, head_dim]``.
+      key, value: ``[batch, kv_len, heads, head_dim]``; key already scaled.
+      mask: ``[batch, 1, q_len, kv_len]`` bool.
+      dropout: applied to the probabilities (a flax ``Dropout``), or None.
+
+    Returns:
+      ``[batch, q_len, heads, head_dim]`` in the query's dtype.
+    """
+    scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
+    scores = jnp.where(mask, scores, MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(query.dtype)
+    if dropout is not None:
+        probs = dropout(probs)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, value)
+
+
+def dot_product_attention(query: Array, key: Array, value: Array, mask: Array,
+                          implementation: Optional[str] = "auto") -> Array:
+    """``jax.nn.dot_product_attention`` with the GLM mask (shapes as
+    :func:`xla_attention`).
+
+    ``implementation="auto"`` asks for cuDNN on a GPU when the inputs are bf16 or
+    fp16 and falls back to XLA if cuDNN refuses the call at trace time (head dim,
+    sequence length, cuDNN version); None or "xla" is XLA, "cudnn" insists.
+    """
+    call = lambda impl: jax.nn.dot_product_attention(  # noqa: E731
+        query, key, value, mask=mask, scale=1.0, implementation=impl)
+    if implementation != "auto":
+        return call(implementation)
+    if jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return call("cudnn")
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # an unsupported shape or no cuDNN: the XLA path below computes the same
+    return call(None)
+
+
+def attend(
+    backend: str,
+    query: Array,
+    key: Array,
+    value: Array,
+    pattern: AttentionPattern,
+    *,
+    block_size: int = 128,
+    dropout_rate: float = 0.0,
+    dropout_rng: Optional[Array] = None,
+) -> Array:
+    """Run a non-reference backend (``"xla"`` runs in SelfAttention itself, where its
+    flax Dropout lives).
+
+    Args:
+      backend: one of ``"dot_product_attention"``, ``"blockwise"``, ``"pallas"``.
+      query, key, value: ``[batch, T, heads, head_dim]``; key already scaled.
+      pattern: from :func:`make_pattern` for the same backend.
+      block_size: tile size of the block backends (queries and keys).
+      dropout_rate: attention dropout rate in effect (0 when deterministic).
+      dropout_rng: PRNG key for it.
+
+    Returns:
+      ``[batch, T, heads, head_dim]`` in the query's dtype.
+    """
+    if backend == "dot_product_attention":
+        if dropout_rate > 0:
+            raise ValueError("model.attention_backend='dot_product_attention' has no attention dropout; "
+                             "set model.attention_dropout=0 or use 'xla' or 'blockwise'")
+        if pattern.mask is None:
+            raise ValueError("'dot_product_attention' needs a dense mask; build the pattern with make_pattern")
+        return dot_product_attention(query, key, value, pattern.mask)
+    if backend not in BLOCK_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}")
+    if pattern.segment_ids is None or pattern.part_a is None:
+        raise ValueError(f"{backend!r} needs segment_ids and part_a; build the pattern with make_pattern")
+    length = query.shape[1]
+    block = min(block_size, _round_up(length, 8))
+    if backend == "pallas":
+        # Triton wants power-of-two tiles: a short sequence gets the next one up.
+        block = min(block_size, max(16, 1 << (length - 1).bit_length()))
+        if dropout_rate > 0:
+            raise ValueError("model.attention_backend='pallas' has no attention dropout yet; "
+                             "set model.attention_dropout=0 or use 'blockwise'")
+        if jax.default_backend() == "tpu":
+            raise ValueError("model.attention_backend='pallas' is a GPU (Triton) kernel; on TPU use "
+                             "'blockwise' or 'xla' (see glm_jax/model/kernels/pallas_gpu.py for the TPU route)")
+        from glm_jax.model.kernels import pallas_gpu  # imported lazily: Pallas loads Triton/Mosaic bits
+
+        kernel = lambda q, k, v, seg, pa, rng: pallas_gpu.pallas_attention(  # noqa: E731
+            q, k, v, seg, pa, block_q=block, block_kv=block)
+    else:
+        kernel = lambda q, k, v, seg, pa, rng: blockwise.blockwise_attention(  # noqa: E731
+            q, k, v, seg, pa, block_q=block, block_kv=block, dropout_rate=dropout_rate, dropout_rng=rng)
+    if dropout_rng is None:
+        dropout_rng = jnp.zeros((2,), jnp.uint32)
+    elif jnp.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key):
+        dropout_rng = jax.random.key_data(dropout_rng)
+    return _per_shard(kernel, query, key, value, pattern.segment_ids, pattern.part_a, dropout_rng)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _per_shard(kernel, query, key, value, segment_ids, part_a, rng):
+    """Run ``kernel`` on each device's batch and heads under the active mesh.
+
+    The kernels index single examples in loops, which the SPMD partitioner cannot
+    split; ``shard_map`` hands each device its own examples and heads instead. The
+    dropout key is folded with the device's position so shards draw different masks.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(query, key, value, segment_ids, part_a, rng)
+    batch_axes, _, head_axes, _ = nn.logical_to_mesh_axes(
+        ("activation_batch", "activation_length", "activation_heads", "activation_kv"))
+    batch_axes = _dividing_axes(mesh, batch_axes, query.shape[0])
+    head_axes = _dividing_axes(mesh, head_axes, query.shape[2])
+    used = _names(batch_axes) + _names(head_axes)
+    qkv_spec = PartitionSpec(batch_axes, None, head_axes, None)
+    row_spec = PartitionSpec(batch_axes, None)
+
+    def local(q, k, v, seg, pa, rng):
+        shard = 0
+        for axis in used:  # row-major position of this device among the used axes
+            shard = shard * mesh.shape[axis] + jax.lax.axis_index(axis)
+        return kernel(q, k, v, seg, pa, jax.random.fold_in(rng, shard))
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(qkv_spec, qkv_spec, qkv_spec, row_spec, row_spec, PartitionSpec()),
+        out_specs=qkv_spec, check_vma=False,
+    )(query, key, value, segment_ids, part_a, rng)
+
+
+def _names(axes) -> tuple[str, ...]:
+    """A PartitionSpec entry (None, an axis name or a tuple of them) as a tuple."""
+    if axes is None:
+        return ()
+    return (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def _dividing_axes(mesh, axes, size: int):
+    """``axes`` if the product of their sizes divides ``size``, else None (that
+    dimension then stays whole on every device)."""
+    if axes is None or size % math.prod(mesh.shape[name] for name in _names(axes)):
+        return None
+    return axes
