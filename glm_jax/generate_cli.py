@@ -1,6 +1,14 @@
-"""``glm-jax generate``: fill the blanks of prompts with a converted GLM.
+"""``glm-jax generate``: fill the blanks of prompts with a converted GLM, or score
+candidate fills.
 
-    glm-jax generate --checkpoint DIR --vocab spm.model "Text with [MASK] and [MASK]."
+    glm-jax generate --checkpoint DIR "Text with [MASK] and [MASK]."
+    glm-jax generate --checkpoint DIR --score " Paris" --score " Rome" "The capital of France is [MASK]."
+
+The vocabulary is the model directory's (``glm_jax.model_dir.load_vocabulary``:
+tokenizer.yaml, or a bare vocab.model), or a sentencepiece model given with
+``--vocab``. Inputs follow the directory's input style (official, or hf for the
+Hugging Face port's rules; glm_jax/decoding/layout.py), which ``--input-style``
+overrides.
 
 :func:`add_generate_arguments` adds the options to an argparse (sub)parser and
 :func:`cli_generate` runs them; glm_jax/cli.py wires both. This module imports
@@ -25,10 +33,28 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--checkpoint", required=True, help="glm-jax model directory (from `glm-jax convert`)")
     parser.add_argument(
         "--vocab", default=None,
-        help="sentencepiece model of the GLM vocabulary (default: the model directory's vocab.model)",
+        help="sentencepiece model of a glm-jax vocabulary (default: the model directory's tokenizer)",
+    )
+    parser.add_argument(
+        "--input-style", choices=("official", "hf"), default=None,
+        help="build inputs as the official code (official) or the Hugging Face port (hf) does "
+        "(default: the model directory's tokenizer.yaml, else official)",
+    )
+    parser.add_argument(
+        "--context-length", type=int, default=None,
+        help="pad each context to this many tokens: official style attends to the padding (as the "
+        "official seq2seq code pads its sources); hf masks it, which changes nothing",
+    )
+    parser.add_argument(
+        "--score", action="append", default=None, metavar="CANDIDATE",
+        help="instead of generating, score this candidate fill of each prompt's blank (repeatable): "
+        "sum and mean log-probability (official: the candidate + [eop] in the last blank; hf: the "
+        "candidate alone in the first blank); candidates are encoded as written, so give BPE words "
+        "their leading space",
     )
     parser.add_argument("--input-file", default=None, help="read prompts from this file, one per line ('-': stdin)")
-    parser.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="greedy")
+    parser.add_argument("--strategy", choices=("greedy", "sample", "beam"), default="greedy",
+                        help="greedy: the most likely token; sample: temperature/top-k/top-p; beam: beam search")
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="tokens sampled per prompt over all its blanks, each blank's [eop] included")
     parser.add_argument("--min-length", type=int, default=0, help="tokens per blank before [eop] is allowed")
@@ -84,12 +110,41 @@ def read_prompts(prompts: Sequence[str], input_file: Optional[str]) -> list[str]
 
 
 def load_vocabulary(path: str) -> Any:
-    """``tasks.vocab.GLMVocabulary`` over the sentencepiece model at ``path``."""
+    """``tasks.vocab.GLMVocabulary`` over the sentencepiece model at ``path`` (``--vocab``)."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"--vocab {path} does not exist")
     from tasks.vocab import GLMVocabulary
 
     return GLMVocabulary(path)
+
+
+def resolve_vocabulary(args: argparse.Namespace) -> tuple[Any, str, str]:
+    """``(vocabulary, tokenizer kind, recorded input style)`` for the arguments:
+    ``--vocab`` if given, else the model directory's tokenizer."""
+    if args.vocab is not None:
+        return load_vocabulary(args.vocab), "sentencepiece", "official"
+    from glm_jax import model_dir
+
+    tokenizer = model_dir.read_tokenizer(args.checkpoint)
+    if tokenizer is None:
+        raise ValueError(
+            f"{args.checkpoint} records no tokenizer: pass --vocab SPM_MODEL, or convert the checkpoint "
+            "with `glm-jax convert SRC OUT --tokenizer KIND --vocab-file FILE`"
+        )
+    return model_dir.load_vocabulary(args.checkpoint), tokenizer.kind, tokenizer.input_style
+
+
+def check_fits(vocab: Any, vocab_size: int, where: str, checkpoint: str) -> None:
+    """Every id the vocabulary can produce must have an embedding row."""
+    ct = vocab.command_tokens
+    ids = (ct.pad, ct.eos, ct.cls, ct.mask, ct.sop, ct.eop, ct.unk, ct.smask, ct.gmask, ct.sep)
+    largest = max(i for i in ids if i is not None)
+    size = getattr(vocab, "vocab_size", None)
+    if largest >= vocab_size or (size is not None and size > vocab_size):
+        raise ValueError(
+            f"the vocabulary {where} (vocab_size={size}, command ids up to {largest}) does not fit the model "
+            f"at {checkpoint}, which has vocab_size={vocab_size}"
+        )
 
 
 def cli_generate(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
@@ -103,53 +158,102 @@ def cli_generate(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     settings = settings_from_args(args)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.context_length is not None and args.context_length < 1:
+        raise ValueError(f"--context-length must be >= 1, got {args.context_length}")
     prompts = read_prompts(args.prompts, args.input_file)
-    if args.vocab is None:
-        from glm_jax.model_dir import vocab_file
+    vocab, kind, recorded_style = resolve_vocabulary(args)
 
-        found = vocab_file(args.checkpoint)
-        if found is None:
-            raise ValueError(f"{args.checkpoint} has no vocab.model: pass --vocab SPM_MODEL")
-        args.vocab = str(found)
-    vocab = load_vocabulary(args.vocab)
-
-    from glm_jax.decoding.infill import infill_text
+    from glm_jax.decoding import layout
     from glm_jax.model_dir import load_model_dir
 
+    style = layout.input_style(args.input_style or recorded_style, kind)
     config, params = load_model_dir(args.checkpoint)
+    check_fits(vocab, config.vocab_size, args.vocab or f"of {args.checkpoint}", args.checkpoint)
     ct = vocab.command_tokens
-    ids = (ct.pad, ct.eos, ct.cls, ct.mask, ct.sop, ct.eop, ct.unk, ct.smask, ct.gmask)
-    largest = max(i for i in ids if i is not None)
-    if largest >= config.vocab_size:
-        raise ValueError(
-            f"the vocabulary {args.vocab} uses ids up to {largest} but the model at {args.checkpoint} "
-            f"has vocab_size={config.vocab_size}"
-        )
+    candidates = None if args.score is None else [list(vocab.encode(c)) for c in args.score]
     index = 0
     for start in range(0, len(prompts), args.batch_size):
         batch = prompts[start : start + args.batch_size]
-        for result in infill_text(params, config, vocab, batch, settings, seed=args.seed + start):
+        texts = [list(vocab.encode(p)) for p in batch]
+        contexts = []
+        for i, ids in enumerate(texts):
+            try:
+                contexts.append(layout.build_context(ids, ct, style, pad_to=args.context_length))
+            except ValueError as e:
+                raise ValueError(f"prompt {start + i + 1}: {e}") from None
+        if candidates is not None:
+            records = _score(params, config, vocab, batch, contexts, candidates, args.score, style)
+        else:
+            records = _generate(params, config, vocab, batch, texts, contexts, settings, args.seed + start)
+        for record in records:
             index += 1
-            _print_result(index, result, args.json, out)
+            _print_record(index, record, args.json, out)
     return 0
 
 
-def _print_result(index: int, result: Any, as_json: bool, out: TextIO) -> None:
-    if as_json:
-        record = {
-            "prompt": result.prompt,
-            "text": result.text,
-            "spans": list(result.spans),
-            "complete": result.complete,
-            "score": result.generation.score,
+def _generate(params, config, vocab, prompts, texts, contexts, settings, seed) -> list[dict[str, Any]]:
+    from glm_jax.decoding import layout
+    from glm_jax.decoding.infill import generate
+
+    ct = vocab.command_tokens
+    records = []
+    for prompt, ids, g in zip(prompts, texts, generate(params, config, contexts, ct, settings, seed=seed)):
+        # The filled text from [CLS] + text only: the context's end token and padding
+        # ([SEP] with hf BERT inputs) are not part of what the user wrote.
+        text_part = [ct.cls, *layout.with_blank(ids, ct)]
+        filled = layout.fill_blanks(text_part, g.blank_positions, g.spans, ct)
+        records.append({
+            "prompt": prompt,
+            "text": vocab.decode(filled),
+            "spans": [vocab.decode(list(s)) for s in g.spans],
+            "complete": g.complete,
+            "score": g.score,
+            "tokens": list(g.tokens),
+        })
+    return records
+
+
+def _score(params, config, vocab, prompts, contexts, candidates, candidate_texts, style) -> list[dict[str, Any]]:
+    from glm_jax.decoding import layout
+    from glm_jax.decoding.scoring import score_batch
+
+    ct = vocab.command_tokens
+    blanks = []
+    for i, context in enumerate(contexts):
+        try:
+            blanks.append(layout.scored_blank(context, ct, style))
+        except ValueError as e:
+            raise ValueError(f"prompt {prompts[i]!r}: {e}") from None
+    results = score_batch(
+        params, config, contexts, [candidates] * len(contexts), ct,
+        blank_positions=blanks, append_eop=style.append_eop,
+    )
+    return [
+        {
+            "prompt": prompt,
+            "candidates": list(candidate_texts),
+            "sum_logprob": [float(x) for x in sums],
+            "mean_logprob": [float(x) for x in means],
+            "best": candidate_texts[int(sums.argmax())],
         }
+        for prompt, (sums, means) in zip(prompts, results)
+    ]
+
+
+def _print_record(index: int, record: dict[str, Any], as_json: bool, out: TextIO) -> None:
+    if as_json:
         print(json.dumps(record, ensure_ascii=False), file=out)
         return
-    print(f"[{index}] {result.prompt}", file=out)
-    print(f"  filled: {result.text}", file=out)
-    for i, span in enumerate(result.spans, 1):
+    print(f"[{index}] {record['prompt']}", file=out)
+    if "candidates" in record:
+        for cand, total, mean in zip(record["candidates"], record["sum_logprob"], record["mean_logprob"]):
+            print(f"  score {total:9.4f} (mean {mean:8.4f}): {cand!r}", file=out)
+        print(f"  best: {record['best']!r}", file=out)
+        return
+    print(f"  filled: {record['text']}", file=out)
+    for i, span in enumerate(record["spans"], 1):
         print(f"  span {i}: {span}", file=out)
-    if not result.complete:
+    if not record["complete"]:
         print("  (incomplete: --max-new-tokens ran out before every blank was closed)", file=out)
 
 

@@ -518,3 +518,37 @@ def test_convert_checkpoint_and_cli(tmp_path, official_dir, official_io, capsys)
     assert cli.main(["convert", str(missing), str(tmp_path / "other")]) != 0
     assert f"checkpoint not found: {missing}" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_convert_cli_tokenizer_options(tmp_path, official_dir, capsys):
+    """``--tokenizer``: recorded with the resolved options; every bad combination is
+    refused before anything is written (generation through the recorded tokenizer:
+    tests/test_generate_cli.py)."""
+    from glm_jax.model_dir import read_tokenizer
+    from tasks.official_vocabs.tiny import write_tiny_files
+
+    src = str(official_dir / "model_states.pt")
+    bert = write_tiny_files("bert", tmp_path / "bert", num_tokens=100)["vocab_file"]
+    out = tmp_path / "out"
+    assert cli.main(["convert", src, str(out), "--tokenizer", "bert", "--vocab-file", str(bert.parent),
+                     "--task-mask", "--decoder-mask"]) == 0
+    assert "tokenizer bert (official inputs)" in capsys.readouterr().out
+    record = read_tokenizer(out)
+    assert (record.kind, record.vocab_file, record.task_mask, record.decoder_mask) == ("bert", "vocab.txt", True, True)
+    assert (out / "vocab.txt").read_bytes() == bert.read_bytes()
+
+    big = write_tiny_files("bert", tmp_path / "big", num_tokens=200)["vocab_file"]
+    chinese = write_tiny_files("chinese", tmp_path / "zh", num_tokens=100)["vocab_file"]
+    cases = [
+        (["--tokenizer", "bert", "--vocab-file", str(big)],
+         r"tokenizer for .*refused: the bert vocabulary .* has vocab_size=256, but the model has vocab_size=128 \(they must"),
+        (["--tokenizer", "chinese", "--vocab-file", str(chinese)], "--tokenizer chinese needs --fix-command-token"),
+        (["--tokenizer", "gpt2"], "--tokenizer gpt2 needs --vocab-file"),
+        (["--vocab-file", str(bert), "--no-task-mask"], "--vocab-file, --task-mask given without --tokenizer KIND"),
+        (["--tokenizer", "gpt2", "--vocab-file", str(bert.parent)], r"gpt2 tokenizer: vocab_file .*vocab.json does not exist"),
+        (["--style", "hf"], "style 'hf' needs a tokenizer"),
+    ]
+    for flags, message in cases:
+        assert cli.main(["convert", src, str(tmp_path / "refused"), *flags]) == 2, flags
+        assert re.search(message, capsys.readouterr().err), (flags, message)
+        assert not (tmp_path / "refused").exists()

@@ -1,13 +1,31 @@
-"""glm_jax.model_dir: the config.yaml + orbax params directory."""
+"""glm_jax.model_dir: the config.yaml + orbax params directory, and its tokenizer.yaml."""
 
 from __future__ import annotations
+
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from glm_jax.model import ModelConfig
-from glm_jax.model_dir import CONFIG_FILE, PARAMS_DIR, abstract_params, load_model_dir, read_config, save_model_dir
+from glm_jax.model_dir import (
+    CONFIG_FILE,
+    DEFAULT_TASK_MASK,
+    PARAMS_DIR,
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    TokenizerConfig,
+    abstract_params,
+    load_model_dir,
+    load_vocabulary,
+    read_config,
+    read_tokenizer,
+    save_model_dir,
+)
+from tasks.official_vocabs import official_vocabulary
+from tasks.official_vocabs.tiny import write_tiny_files
+from tasks.vocab import GLMVocabulary
 
 CONFIG = ModelConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=16,
                      intermediate_size=48, activation="gelu_exact", hidden_dropout=0.0)
@@ -95,3 +113,130 @@ def test_config_yaml_errors_name_the_key(tmp_path):
     path.unlink()
     with pytest.raises(FileNotFoundError, match="is not a glm-jax model directory"):
         load_model_dir(tmp_path / "model")
+
+
+# ----------------------------------------------------------------------------- tokenizer.yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory) -> dict:
+    """Tiny tokenizer files of every official kind, 100 entries each: padded to 128,
+    CONFIG's vocab_size, by the official rule."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {kind: write_tiny_files(kind, root / kind, num_tokens=100) for kind in ("bert", "gpt2", "roberta", "chinese")}
+
+
+STORED = {
+    "bert": ["vocab.txt"],
+    "gpt2": ["merges.txt", "vocab.json"],
+    "roberta": ["merges.txt", "vocab.json"],
+    "chinese": ["cog-pretrain.model"],
+}
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "roberta", "chinese"])
+def test_official_tokenizer_is_recorded_and_reloaded(tmp_path, tiny_files, kind):
+    files = tiny_files[kind]
+    fix = True if kind == "chinese" else None
+    tokenizer = TokenizerConfig(kind=kind, vocab_file=str(files["vocab_file"]), fix_command_token=fix)
+    save_model_dir(tmp_path / "model", CONFIG, random_params(CONFIG), tokenizer=tokenizer)
+    names = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert names == sorted([CONFIG_FILE, PARAMS_DIR, TOKENIZER_FILE, *STORED[kind]])
+
+    record = read_tokenizer(tmp_path / "model")
+    assert record.kind == kind and record.vocab_file == STORED[kind][-1]
+    assert record.task_mask is DEFAULT_TASK_MASK[kind] and record.decoder_mask is False
+    assert record.input_style == "official" and record.fix_command_token is fix
+
+    vocab = load_vocabulary(tmp_path / "model")
+    reference = official_vocabulary(
+        kind, files["vocab_file"], merges_file=files.get("merges_file"), task_mask=DEFAULT_TASK_MASK[kind],
+        **({"fix_command_token": True} if kind == "chinese" else {}),
+    )
+    assert vocab == reference  # the same kind, options and file bytes
+    assert vocab.command_tokens == reference.command_tokens and vocab.vocab_size == 128
+    text = "Paris is the [MASK] of France."
+    assert vocab.encode(text) == reference.encode(text)
+    assert vocab.command_tokens.sop == 100 or kind == "chinese"  # N = 100 text tokens
+
+
+def test_chinese_10b_numbering_is_recorded(tmp_path, tiny_files):
+    tokenizer = TokenizerConfig(kind="chinese", vocab_file=str(tiny_files["chinese"]["vocab_file"]),
+                                fix_command_token=False)
+    save_model_dir(tmp_path / "model", CONFIG, random_params(CONFIG), tokenizer=tokenizer)
+    assert "fix_command_token: false" in (tmp_path / "model" / TOKENIZER_FILE).read_text()
+    ct = load_vocabulary(tmp_path / "model").command_tokens
+    assert ct.gmask == ct.eop  # GLM-10B-Chinese as the repo pretrained it
+
+
+def test_sentencepiece_vocab_file_and_old_directories(tmp_path, tiny_files):
+    """``vocab_file=`` (what ``glm-jax train`` exports) records kind sentencepiece; a
+    directory from before tokenizer.yaml, with only vocab.model, still loads."""
+    spm_file = tiny_files["chinese"]["vocab_file"]  # any sentencepiece model will do
+    save_model_dir(tmp_path / "model", CONFIG, random_params(CONFIG), vocab_file=spm_file)
+    assert (tmp_path / "model" / VOCAB_FILE).read_bytes() == spm_file.read_bytes()
+    assert read_tokenizer(tmp_path / "model") == TokenizerConfig(kind="sentencepiece", vocab_file=VOCAB_FILE)
+    vocab = load_vocabulary(tmp_path / "model")
+    assert isinstance(vocab, GLMVocabulary) and vocab.vocab_size == 128
+    assert vocab.encode("[MASK]") == [vocab.command_tokens.mask]
+
+    (tmp_path / "model" / TOKENIZER_FILE).unlink()
+    assert load_vocabulary(tmp_path / "model") == vocab
+    (tmp_path / "model" / VOCAB_FILE).unlink()
+    assert read_tokenizer(tmp_path / "model") is None
+    with pytest.raises(ValueError, match="records no tokenizer .* --tokenizer KIND"):
+        load_vocabulary(tmp_path / "model")
+
+
+def test_vocabulary_must_fit_the_model(tmp_path, tiny_files):
+    # 200 BERT entries pad to 256, the fixture-sized model has 128 rows: refused before writing.
+    big = write_tiny_files("bert", tmp_path / "big", num_tokens=200)
+    tokenizer = TokenizerConfig(kind="bert", vocab_file=str(big["vocab_file"]))
+    message = r"the bert vocabulary \(.*vocab.txt\) has vocab_size=256, but the model has vocab_size=128"
+    with pytest.raises(ValueError, match=message):
+        save_model_dir(tmp_path / "a", CONFIG, random_params(CONFIG), tokenizer=tokenizer)
+    assert not (tmp_path / "a").exists()
+    # An official vocabulary must match exactly (a smaller one means the wrong tokenizer)...
+    wide = CONFIG.replace(vocab_size=256)
+    small = TokenizerConfig(kind="bert", vocab_file=str(tiny_files["bert"]["vocab_file"]))
+    with pytest.raises(ValueError, match="vocab_size=128, but the model has vocab_size=256 .they must be equal"):
+        save_model_dir(tmp_path / "b", wide, random_params(wide), tokenizer=small)
+    # ... a glm-jax sentencepiece one may be smaller than the embedding.
+    save_model_dir(tmp_path / "c", wide, random_params(wide), vocab_file=tiny_files["chinese"]["vocab_file"])
+    assert load_vocabulary(tmp_path / "c").vocab_size == 128
+    # A directory edited into a mismatch is caught at load time, naming it.
+    save_model_dir(tmp_path / "d", CONFIG, random_params(CONFIG), tokenizer=small)
+    shutil.copyfile(big["vocab_file"], tmp_path / "d" / "vocab.txt")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'd'}: the bert vocabulary .*vocab_size=256"):
+        load_vocabulary(tmp_path / "d")
+
+
+def test_tokenizer_yaml_errors(tmp_path, tiny_files):
+    with pytest.raises(ValueError, match="kind 'chinese' needs fix_command_token"):
+        TokenizerConfig(kind="chinese", vocab_file="cog-pretrain.model")
+    with pytest.raises(ValueError, match="fix_command_token applies to kind 'chinese' only"):
+        TokenizerConfig(kind="bert", vocab_file="vocab.txt", fix_command_token=True)
+    with pytest.raises(ValueError, match="merges_file applies to kinds gpt2 and roberta"):
+        TokenizerConfig(kind="bert", vocab_file="vocab.txt", merges_file="merges.txt")
+    with pytest.raises(ValueError, match="task_mask cannot be false"):
+        TokenizerConfig(kind="sentencepiece", vocab_file="vocab.model", task_mask=False)
+
+    small = TokenizerConfig(kind="bert", vocab_file=str(tiny_files["bert"]["vocab_file"]))
+    model = save_model_dir(tmp_path / "model", CONFIG, random_params(CONFIG), tokenizer=small)
+    record = model / TOKENIZER_FILE
+    text = record.read_text()
+    record.write_text(text + "lowercase: true\n")
+    with pytest.raises(ValueError, match=r"tokenizer\.yaml: unknown key 'lowercase'"):
+        load_vocabulary(model)
+    record.write_text(text.replace("kind: bert", "kind: wordpiece"))
+    with pytest.raises(ValueError, match=r"tokenizer\.yaml: kind: expected one of 'sentencepiece'"):
+        load_vocabulary(model)
+    record.write_text(text)
+    (model / "vocab.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"bert tokenizer: vocab_file .*model/vocab.txt does not exist"):
+        load_vocabulary(model)
+    with pytest.raises(FileNotFoundError, match="vocab_file .*missing.txt does not exist"):
+        save_model_dir(tmp_path / "x", CONFIG, random_params(CONFIG),
+                       tokenizer=TokenizerConfig(kind="bert", vocab_file=str(tmp_path / "missing.txt")))
+    with pytest.raises(ValueError, match="not both"):
+        save_model_dir(tmp_path / "y", CONFIG, random_params(CONFIG), vocab_file="a.model", tokenizer=small)

@@ -404,3 +404,34 @@ def test_factory_errors(chinese_file, tmp_path):
         official_vocabulary("gpt2", tmp_path).command_tokens
     with pytest.raises(ValueError, match="not a sentencepiece model: .*vocab.json"):
         official_vocabulary("chinese", tmp_path / "vocab.json", fix_command_token=True).encode("x")
+
+
+# ------------------------------------------------------------- tiny files
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2", "roberta", "chinese"])
+def test_tiny_files_follow_the_official_layout(tmp_path, kind):
+    """tasks/official_vocabs/tiny.py: N entries, the specials where the official
+    tokenizers look for them, commands numbered from N, padded to 128."""
+    from tasks.official_vocabs.tiny import write_tiny_files
+
+    files = write_tiny_files(kind, tmp_path, num_tokens=100)
+    v = official_vocabulary(
+        kind, files["vocab_file"], merges_file=files.get("merges_file"),
+        **({"fix_command_token": True} if kind == "chinese" else {}),
+    )
+    n = v.num_text_tokens
+    assert n == 100 if kind != "chinese" else 50 <= n <= 100
+    assert v.vocab_size == 128
+    ct = v.command_tokens
+    expected_sop = {"bert": n, "gpt2": n, "roberta": n, "chinese": n + 6}[kind]
+    assert ct.sop == expected_sop and ct.eop == expected_sop + 1
+    if kind == "gpt2":
+        assert ct.eos == n - 1  # <|endoftext|> is the last entry, as 50256 in the real file
+    if kind == "roberta":
+        assert (ct.cls, ct.eos, ct.unk, ct.mask) == (0, 2, 3, n - 1)  # <s>, </s>, <unk>, <mask> last
+    text = "paris is the [MASK] of france." if kind == "bert" else "Paris is the [MASK] of France."
+    ids = v.encode(text)
+    assert ct.mask in ids and ct.unk not in ids and v.decode(ids) == text
+    with pytest.raises(ValueError, match="needs at least"):
+        write_tiny_files(kind if kind != "chinese" else "bert", tmp_path / "small", num_tokens=10)

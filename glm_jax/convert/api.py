@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import ml_dtypes
@@ -13,6 +14,9 @@ import numpy as np
 
 from glm_jax.convert import layout, sources
 from glm_jax.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from glm_jax.model_dir import TokenizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -164,24 +168,50 @@ def convert_checkpoint(
     max_position_embeddings: Optional[int] = None,
     scan_layers: bool = False,
     num_heads: Optional[int] = None,
+    tokenizer: Optional["TokenizerConfig"] = None,
+    style: str = "official",
 ) -> ModelConfig:
     """Convert an official checkpoint into a glm-jax model directory; returns its config.
 
-    ``out_dir`` is checked first (it must not exist or be empty), so a mistake there
-    does not cost a long load. Prints one summary line (config, parameter count).
-    See :func:`load_official` for ``src`` and the options.
+    ``out_dir`` is checked first (it must not exist or be empty), and so are the
+    tokenizer files, so a mistake there does not cost a long load. Prints one
+    summary line (config, parameter count, tokenizer).
+
+    Args:
+      src, max_position_embeddings, scan_layers, num_heads: see :func:`load_official`.
+      tokenizer: the tokenizer to record with the model
+        (``glm_jax.model_dir.TokenizerConfig``, file paths as they are now; the
+        files are copied in). Its padded size must equal the checkpoint's vocab_size.
+      style: ``"official"`` reproduces the THUDM/GLM code (tanh GELU, official
+        inputs); ``"hf"`` the Hugging Face port (``activation="gelu_exact"`` and
+        ``input_style: hf``, which needs ``tokenizer``).
+
+    Raises:
+      ValueError / FileNotFoundError: a bad output directory, checkpoint or
+        tokenizer, or a tokenizer whose size does not fit the checkpoint.
     """
     from glm_jax import model_dir
 
+    if style not in model_dir.INPUT_STYLES:
+        raise ValueError(f"style must be one of {model_dir.INPUT_STYLES}, got {style!r}")
+    if style == "hf":
+        if tokenizer is None:
+            raise ValueError("style 'hf' needs a tokenizer: the input style is recorded in its tokenizer.yaml")
+        tokenizer = dataclasses.replace(tokenizer, input_style="hf")
     out = model_dir.ensure_empty_dir(out_dir)
+    if tokenizer is not None:
+        model_dir.build_vocabulary(tokenizer)  # missing or malformed files fail before the load
     config, params = load_official(
         src, num_heads=num_heads, max_position_embeddings=max_position_embeddings, scan_layers=scan_layers
     )
-    model_dir.save_model_dir(out, config, params)
+    if style == "hf":
+        config = config.replace(activation="gelu_exact")  # the port's erf GELU (spec 1.4, 1.10)
+    model_dir.save_model_dir(out, config, params, tokenizer=tokenizer)
     count = sum(math.prod(np.shape(v)) for _, v in layout.flatten(params))
+    recorded = "no tokenizer" if tokenizer is None else f"tokenizer {tokenizer.kind} ({tokenizer.input_style} inputs)"
     print(
-        f"converted {src} -> {out}: {layout.describe(config)} scan_layers={config.scan_layers}, "
-        f"{count:,} parameters (float32)"
+        f"converted {src} -> {out}: {layout.describe(config)} scan_layers={config.scan_layers} "
+        f"activation={config.activation}, {count:,} parameters (float32), {recorded}"
     )
     return config
 
