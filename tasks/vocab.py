@@ -262,6 +262,30 @@ class GLMVocabulary(seqio.Vocabulary):
             ids = [self.unk_id if i == model.sp_unk else i for i in ids]
         return ids
 
+    def encode_piece(self, piece: str) -> list[int]:
+        """A fragment of a longer text (a cloze pattern piece) to ids.
+
+        The official cloze inputs tokenise each pattern piece on its own and
+        concatenate the ids (spec 2.4); their leading spaces matter for GPT-2 BPE
+        (" Yes" is one token). With sentencepiece's dummy prefix, ``encode`` would
+        turn " Yes" into a bare word-boundary piece plus "Yes" (so " Yes" and " No"
+        start with the same id) and "?" into " ?". Here one leading space is the
+        word boundary the dummy prefix writes anyway, and a piece without one loses
+        a bare leading boundary piece, so the pieces join like the whole text.
+        """
+        if piece.startswith(" "):
+            return list(self._encode(piece[1:]))
+        ids = list(self._encode(piece))
+        if ids and ids[0] == self._boundary_id():
+            ids = ids[1:]
+        return ids
+
+    def _boundary_id(self) -> Optional[int]:
+        """The id of the bare word-boundary piece, if the model has one."""
+        processor = self._loaded().processor
+        boundary = processor.PieceToId("\u2581")
+        return None if boundary == processor.unk_id() else boundary
+
     def _decode(self, ids: Sequence[int]) -> str:
         """Ids to text. pad/eos and control pieces render as nothing; unused
         padding rows and sentencepiece's <unk> as ``[UNK]``. A negative id is a

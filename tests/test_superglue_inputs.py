@@ -333,3 +333,12 @@ def test_test_split_needs_no_labels(tmp_path: Path):
 def test_punctuation_is_standardised(tmp_path: Path):
     write(tmp_path, "RTE", "train", [{**DATA["RTE"][0], "premise": "\u201cIt\u2019s\u201d \u2013 wet."}])
     assert read_split(tmp_path, "RTE", "train")[0].fields["premise"] == "\"It's\" - wet."
+
+
+def test_label_words_sharing_their_first_token_are_refused():
+    class Collide(FakeVocab):
+        def encode(self, s):
+            return [7] + list(super().encode(s))  # every word starts with the same id
+
+    with pytest.raises(ValueError, match="RTE pattern 0: label words share their first token"):
+        inputs.verbalizer_ids("RTE", 0, Collide())

@@ -212,3 +212,15 @@ def test_missing_or_bad_model_file_is_named(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError, match="bad.model"):
         GLMVocabulary(bad).encode("x")
+
+
+def test_encode_piece_joins_like_the_whole_text(vocab):
+    """Cloze pattern pieces are tokenised one by one (spec 2.4). One leading space is
+    the word boundary sentencepiece's dummy prefix writes; without it there is none."""
+    assert vocab.encode_piece(" No") == vocab.encode("No")
+    assert vocab.encode_piece(" No")[0] != vocab.encode_piece(" Yes")[0]
+    assert vocab.decode(vocab.encode_piece("?")) == "?"
+    assert vocab.encode_piece("?") == vocab.encode("a?")[-len(vocab.encode_piece("?")):]
+    pieces = ["The answer", " is", "?", " No", "."]
+    joined = [i for p in pieces for i in vocab.encode_piece(p)]
+    assert vocab.decode(joined) == "The answer is? No."

@@ -32,6 +32,14 @@ class Vocabulary(Protocol):
     def encode(self, s: str) -> Sequence[int]: ...
 
 
+def encode_piece(vocab: Vocabulary, text: str) -> list[int]:
+    """One pattern piece to ids: the vocabulary's ``encode_piece`` where it has one
+    (sentencepiece: see ``tasks.vocab.GLMVocabulary.encode_piece``), else ``encode``
+    (the official BPE and wordpiece tokenisers, used as the official code uses them)."""
+    encode = getattr(vocab, "encode_piece", None) or vocab.encode
+    return list(encode(text))
+
+
 class _Part:
     """The encoded pieces of Part A or B, each with its shortenable flag."""
 
@@ -40,7 +48,7 @@ class _Part:
         self.shortenable: list[bool] = []
         for piece in pieces:
             # Each piece is tokenised on its own, as the official code does.
-            ids = [vocab.command_tokens.mask] if piece.text is patterns.MASK else list(vocab.encode(piece.text))
+            ids = [vocab.command_tokens.mask] if piece.text is patterns.MASK else encode_piece(vocab, piece.text)
             self.ids.append(ids)
             self.shortenable.append(piece.shortenable)
 
@@ -125,7 +133,12 @@ def _layout(a: list[int], b: list[int], answer: Optional[list[int]], cmd: Comman
 
 
 def verbalizer_ids(task: str, pattern_id: int, vocab: Vocabulary) -> np.ndarray:
-    """The first token of each label word, in label order."""
+    """The first token of each label word, in label order.
+
+    The official code requires each label word to be a single token; a vocabulary
+    that splits some (ours, trained on code documentation, splits " Yes") is scored
+    by the first token, which must then differ between the labels.
+    """
     spec = patterns.get_task(task)
     if spec.verbalizers is None:
         raise ValueError(f"{task} has multi-token answers, not a verbalizer")
@@ -133,10 +146,15 @@ def verbalizer_ids(task: str, pattern_id: int, vocab: Vocabulary) -> np.ndarray:
     words = spec.verbalizers(pattern_id)
     ids = []
     for word in words:
-        encoded = list(vocab.encode(word))
+        encoded = encode_piece(vocab, word)
         if not encoded:
             raise ValueError(f"{task} pattern {pattern_id}: verbalizer {word!r} encodes to no tokens")
         ids.append(encoded[0])
+    if len(set(ids)) < len(ids):
+        firsts = ", ".join(f"{w!r} -> {i}" for w, i in zip(words, ids))
+        raise ValueError(
+            f"{task} pattern {pattern_id}: label words share their first token ({firsts}), so the labels "
+            "cannot be told apart; choose another pattern or a vocabulary that keeps them distinct")
     return np.asarray(ids, np.int32)
 
 
@@ -186,7 +204,7 @@ def encode_example(
     full_a, full_b = _Part(part_a_pieces, vocab), _Part(part_b_pieces, vocab)
     rows = []
     for answer_text in answers:
-        answer = [*vocab.encode(answer_text), cmd.eop]
+        answer = [*encode_piece(vocab, answer_text), cmd.eop]
         part_a, part_b = full_a.copy(), full_b.copy()
         truncate(part_a, part_b, 2 + len(answer), max_length, where)  # [CLS], [eos], answer
         row = _layout(part_a.flat(), part_b.flat(), answer, cmd, max_length)
