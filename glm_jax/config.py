@@ -530,3 +530,33 @@ def load_config(path: Optional[str | Path] = None, overrides: Sequence[str] = ()
         data = _merge(data, _overrides_patch(Config, overrides))
         where += f" with overrides {list(overrides)}"
     return from_dict(Config, data, where=where)
+
+
+def load_config_as(
+    cls: type[T],
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    base: Optional[Mapping[str, Any]] = None,
+    base_where: str = "defaults",
+) -> T:
+    """:func:`load_config` for another top-level config dataclass ``cls`` (e.g.
+    ``glm_jax.finetune.FinetuneRunConfig``), on top of optional ``base`` data.
+
+    ``base`` (plain data, e.g. ``{"model": to_dict(checkpoint_model_config)}``) lies
+    under the file, which lies under the overrides: later sources win key by key.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ConfigError: a problem in ``base``, the file or an override, named in the message.
+    """
+    data, sources = _load_raw(cls, find_config(path))
+    where = _describe(sources)
+    if base:
+        _convert_section(cls, base, base_where, "", build=False)
+        data = _merge(dict(base), data)
+        where += f" over {base_where}"
+    if overrides:
+        data = _merge(data, _overrides_patch(cls, overrides))
+        where += f" with overrides {list(overrides)}"
+    return from_dict(cls, data, where=where)

@@ -166,6 +166,58 @@ def split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
     return {name: split(value) for name, value in batch.items()}
 
 
+def accumulate_gradients(
+    loss_fn: Callable[[Any, Batch, jax.Array], tuple[jax.Array, Any]],
+    params: Any,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    num_microbatches: int = 1,
+    grad_shardings: Any = None,
+) -> tuple[Any, Any]:
+    """Gradients of a loss summed over microbatches, and its summed auxiliary sums.
+
+    Args:
+      loss_fn: ``(params, microbatch, rng) -> (loss, sums)``; ``sums`` is a pytree
+        of float32 scalars. Make each microbatch's loss a share of the global one
+        (e.g. a sum over a denominator of the whole batch) so that the gradients
+        simply add up to the full-batch gradient.
+      params: the parameters to differentiate.
+      batch: the global batch; microbatch ``m`` is :func:`split_microbatches`'s.
+      rng: microbatch ``m`` gets ``fold_in(rng, m)``.
+      num_microbatches: accumulate with ``lax.scan`` over this many microbatches.
+      grad_shardings: optional NamedShardings like ``params``, to pin the gradient
+        accumulator to the parameters' layout.
+
+    Returns:
+      ``(grads, sums)``: float32-accumulated gradients (cast back to the params'
+      dtypes) and the sums added over microbatches.
+    """
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+    if num_microbatches == 1:
+        return grad_fn(params, batch, jax.random.fold_in(rng, 0))
+
+    def accumulate(carry, xs):
+        grad_sum, sums = carry
+        index, micro = xs
+        grads, micro_sums = grad_fn(params, micro, jax.random.fold_in(rng, index))
+        grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
+        return (grad_sum, jax.tree.map(jnp.add, sums, micro_sums)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    if grad_shardings is not None:
+        zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
+    micro_batches = split_microbatches(batch, num_microbatches)
+    first = jax.tree.map(lambda x: x[0], micro_batches)
+    sums_shape = jax.eval_shape(lambda: loss_fn(params, first, jax.random.fold_in(rng, 0))[1])
+    no_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), sums_shape)
+    (grad_sum, sums), _ = jax.lax.scan(
+        accumulate, (zeros, no_sums), (jnp.arange(num_microbatches), micro_batches)
+    )
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, params)
+    return grads, sums
+
+
 def loss_and_grads(
     model: GLM,
     params: Any,
@@ -204,41 +256,24 @@ def loss_and_grads(
         sums = loss_sums(logits, micro["targets"], micro["loss_mask"])
         return sums.ce / denominator, sums
 
-    grad_fn = jax.grad(microbatch_loss, has_aux=True)
-    if num_microbatches == 1:
-        return grad_fn(params, batch, jax.random.fold_in(rng, 0))
-
-    def accumulate(carry, xs):
-        grad_sum, sums = carry
-        index, micro = xs
-        grads, micro_sums = grad_fn(params, micro, jax.random.fold_in(rng, index))
-        grad_sum = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_sum, grads)
-        return (grad_sum, jax.tree.map(jnp.add, sums, micro_sums)), None
-
-    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-    if grad_shardings is not None:
-        zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
-    no_sums = LossSums(*(jnp.zeros((), jnp.float32) for _ in LossSums._fields))
-    micro_batches = split_microbatches(batch, num_microbatches)
-    (grad_sum, sums), _ = jax.lax.scan(
-        accumulate, (zeros, no_sums), (jnp.arange(num_microbatches), micro_batches)
+    return accumulate_gradients(
+        microbatch_loss, params, batch, rng, num_microbatches=num_microbatches, grad_shardings=grad_shardings
     )
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grad_sum, params)
-    return grads, sums
 
 
 # --------------------------------------------------------------- state and steps
 
 
 @contextlib.contextmanager
-def _tracing_under(mesh: Mesh, rules: Any):
+def tracing_under(mesh: Mesh, rules: Any):
     """The mesh and rules while a jitted function traces (``jax.set_mesh`` is not
     allowed inside jit; the abstract mesh is all the constraints need)."""
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
         yield
 
 
-def _replicated(mesh: Mesh) -> NamedSharding:
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole value (scalars, metrics)."""
     return NamedSharding(mesh, PartitionSpec())
 
 
@@ -257,7 +292,7 @@ def params_layout(
     allocating anything. Raises ValueError naming any parameter whose dimension does
     not divide its mesh axes."""
     model = GLM(model_config)
-    with _tracing_under(mesh, rules):
+    with tracing_under(mesh, rules):
         return sharding.abstract_params_and_shardings(
             lambda rng: model.init(rng, **_init_inputs(mesh))["params"], mesh, jax.random.key(0), rules=rules
         )
@@ -276,18 +311,18 @@ def train_state_shardings(
     """
     abstract_params, param_shardings = params_layout(model_config, mesh, rules)
     abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
-    replicated = _replicated(mesh)
+    whole = replicated(mesh)
     opt_shardings = optax.tree_map_params(
         optimizer,
         lambda _, param_sharding: param_sharding,
         abstract_opt_state,
         param_shardings,
-        transform_non_params=lambda _: replicated,
+        transform_non_params=lambda _: whole,
     )
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt_state
     )
-    shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings)
+    shardings = TrainState(step=whole, params=param_shardings, opt_state=opt_shardings)
     return abstract, shardings
 
 
@@ -319,7 +354,7 @@ def init_train_state(
 
     def init() -> TrainState:
         key = jax.random.key(seed) if key_data is None else jax.random.wrap_key_data(key_data)
-        with _tracing_under(mesh, rules):
+        with tracing_under(mesh, rules):
             params = nn.unbox(model.init(key, **_init_inputs(mesh))["params"])
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
@@ -370,7 +405,7 @@ def make_train_step(
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         _check_batch(batch, mesh, num_microbatches)
-        with _tracing_under(mesh, rules):
+        with tracing_under(mesh, rules):
             grads, sums = loss_and_grads(
                 model,
                 state.params,
@@ -395,7 +430,7 @@ def make_train_step(
     return jax.jit(
         train_step,
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, _replicated(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
         donate_argnums=0,
     )
 
@@ -415,7 +450,7 @@ def make_eval_step(
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
         _check_batch(batch, mesh, 1)
-        with _tracing_under(mesh, rules):
+        with tracing_under(mesh, rules):
             logits = model.apply({"params": params}, **batch, deterministic=True)
             sums = loss_sums(logits, batch["targets"], batch["loss_mask"])
         return {
@@ -427,5 +462,5 @@ def make_eval_step(
     return jax.jit(
         eval_step,
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=_replicated(mesh),
+        out_shardings=replicated(mesh),
     )

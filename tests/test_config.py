@@ -69,7 +69,8 @@ class Everything:
 
 
 def test_every_yaml_in_configs_loads():
-    paths = sorted(CONFIGS.rglob("*.yaml"))
+    # configs/finetune/ holds the fine-tuning schema (tests/test_finetune.py loads those).
+    paths = sorted(p for p in CONFIGS.rglob("*.yaml") if "finetune" not in p.relative_to(CONFIGS).parts)
     assert len(paths) >= 12  # 11 model presets + tiny.yaml
     for path in paths:
         assert isinstance(load_yaml(path), Config), path
