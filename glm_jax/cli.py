@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -16,27 +17,14 @@ def _add_convert(subparsers) -> None:
     p = subparsers.add_parser(
         "convert",
         help="convert an official GLM checkpoint (.pt, pytorch_model.bin, safetensors) to a glm-jax model directory",
-        description="Convert an official GLM checkpoint into a glm-jax model directory (orbax params + config.yaml).",
+        description="Convert an official GLM checkpoint into a glm-jax model directory "
+        "(orbax params + config.yaml, and with --tokenizer the tokenizer for generate and eval).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("src", help="checkpoint file, or a directory holding mp_rank_XX_model_states.pt shards / pytorch_model.bin / *.safetensors")
-    p.add_argument("out_dir", help="where to write the glm-jax model directory (must not exist or be empty)")
-    p.add_argument("--max-position-embeddings", type=int, default=None,
-                   help="override the inferred max_position_embeddings (table rows - 1)")
-    p.add_argument("--num-heads", type=int, default=None,
-                   help="attention heads (default: config.json beside the weights, else hidden_size // 64)")
-    p.add_argument("--scan-layers", action="store_true", help="store the layers stacked for nn.scan")
+    from glm_jax.convert.cli import add_convert_arguments, cli_convert
 
-    def run(args) -> int:
-        from glm_jax import convert
-
-        convert.convert_checkpoint(
-            args.src, args.out_dir, max_position_embeddings=args.max_position_embeddings,
-            scan_layers=args.scan_layers, num_heads=args.num_heads,
-        )
-        return 0
-
-    p.set_defaults(func=run)
+    add_convert_arguments(p)
+    p.set_defaults(func=cli_convert)
 
 
 def _add_forward(subparsers) -> None:
@@ -45,8 +33,9 @@ def _add_forward(subparsers) -> None:
         help="run one forward pass of a model on a GLM sample and print its top predictions",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", default=None, help="YAML config file (defaults to the tiny preset)")
-    p.add_argument("--checkpoint", default=None, help="glm-jax model directory (from `glm-jax convert`)")
+    p.add_argument("--config", default=None, help="YAML config file (default: the tiny preset)")
+    p.add_argument("--checkpoint", default=None,
+                   help="glm-jax model directory, from `glm-jax convert` (default: random weights)")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. model.dtype=bfloat16")
 
     def run(args) -> int:
@@ -82,17 +71,102 @@ def _add_train(subparsers) -> None:
     p.set_defaults(func=cli_train)
 
 
-_COMMANDS: tuple[Callable, ...] = (_add_train, _add_generate, _add_convert, _add_forward)
+def _add_finetune(subparsers) -> None:
+    from glm_jax.finetune_cli import add_finetune_arguments, cli_finetune
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model directory on a SuperGLUE task as cloze (spec 4.3), keeping the best epoch",
+        description="Fine-tune on a SuperGLUE task as cloze: configs/finetune/<task>.yaml over the model "
+        "directory's config; evaluates each epoch, exports the best model to <output_dir>/best, resumes.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_finetune_arguments(p)
+    p.set_defaults(func=cli_finetune)
+
+
+def _add_eval(subparsers) -> None:
+    from glm_jax.finetune_cli import add_eval_arguments, cli_eval
+
+    p = subparsers.add_parser(
+        "eval",
+        help="score a model directory on a SuperGLUE task as cloze and write its predictions",
+        description="Evaluate on a SuperGLUE task as cloze (seqio metrics); prints a metric table and "
+        "writes the predictions with their example ids.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_eval_arguments(p)
+    p.set_defaults(func=cli_eval)
+
+
+def _add_show_example(subparsers) -> None:
+    from glm_jax.show_example import add_show_example_arguments, cli_show_example
+
+    p = subparsers.add_parser(
+        "show-example",
+        help="print one sample of a registered task (Part A, Part B spans, positions) and draw its attention mask",
+        description="Print one row of a registered seqio task as the model sees it (Part A with its blanks, "
+        "each Part B span, a token table with position and block position ids and the loss mask) and "
+        "draw its attention mask as a PNG with Part A, Part B and the spans marked.",
+    )
+    add_show_example_arguments(p)
+    p.set_defaults(func=cli_show_example)
+
+
+def _add_plot_metrics(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plot-metrics",
+        help="draw a run's loss (and accuracy) curves from its metrics.jsonl as a PNG",
+        description="Draw the train and eval loss (and accuracy) of a run from <output_dir>/logs/metrics.jsonl; "
+        "`glm-jax train` writes the same picture to logs/loss_curve.png at the end of a run.",
+    )
+    p.add_argument("run_dir", help="a run's output directory (train.output_dir), its logs/ directory, or a metrics.jsonl")
+    p.add_argument("--out", default=None, help="the PNG to write (default: loss_curve.png beside metrics.jsonl)")
+
+    def run(args) -> int:
+        from glm_jax import plots
+
+        print(f"curves written to {plots.plot_metrics(args.run_dir, args.out)}")
+        return 0
+
+    p.set_defaults(func=run)
+
+
+_COMMANDS: tuple[Callable, ...] = (
+    _add_train, _add_generate, _add_convert, _add_forward, _add_finetune, _add_eval, _add_show_example,
+    _add_plot_metrics,
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, ``(default: X)``, or ``(required)``.
+
+    A help text that states its default in words ("(default: the model directory's
+    vocab.model)", "default: configs/...") keeps it instead of a bare "(default: None)".
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            return text
+        if action.required:
+            return f"{text} (required)"
+        if re.search(r"\(default\b|\bdefault:", text):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glm-jax",
         description="GLM (autoregressive blank infilling) in JAX/Flax.",
+        epilog="`glm-jax COMMAND --help` lists a command's options with their defaults.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
+    for sub in subparsers.choices.values():
+        sub.formatter_class = _HelpFormatter  # one rule for every command's defaults
     return parser
 
 

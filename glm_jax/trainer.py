@@ -171,6 +171,11 @@ def run(
                 history.append(_run_eval(step, eval_step, state, eval_data, mesh, tc, writer, print_fn))
             checkpointer.save(step, state, data_iterator=data_state, config=config, force=True)
     writer.close()
+    if is_main:
+        # logs/loss_curve.png beside the TensorBoard events; never fails the run (warns instead).
+        from glm_jax.plots import write_run_curves
+
+        write_run_curves(output_dir / "logs")
     return TrainResult(state, start_step, step, history, stopped_early)
 
 
