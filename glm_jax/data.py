@@ -5,12 +5,16 @@ process_count)``) and yields its rows of every global batch; the loop assembles 
 global arrays (glm_jax/multihost.py). The iterator is a ``tf.data`` iterator wrapped
 for checkpointing (glm_jax/checkpointing/data.py): a resumed run continues from the
 saved position instead of replaying the preprocessing of the steps already taken.
+Pipelines tf.data cannot save (Python-read sources) resume by skipping instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Iterator, Optional
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +81,36 @@ def train_batches(config: DataConfig, local_batch: int, shard: Optional[tuple[in
     Args:
       shard: ``(process_index, process_count)``; default: this JAX process's.
     """
-    from glm_jax.checkpointing import TfDataIteratorState
+    from glm_jax.checkpointing import SkippingIterator, TfDataIteratorState
 
     shard = shard if shard is not None else _process_shard()
-    ds = _dataset(config, config.train_split, local_batch, train=True, shard=shard)
-    return TfDataIteratorState(iter(ds))
+
+    def pipeline():
+        return _dataset(config, config.train_split, local_batch, train=True, shard=shard)
+
+    ds = pipeline()
+    if _serializable(ds):
+        return TfDataIteratorState(iter(ds))
+    # Sources read in Python (text files, JSON lines, official tokenizers through
+    # tf.numpy_function) make the pipeline stateful, and tf.data refuses to save its
+    # position. The pipeline is deterministic for a seed, so a restore rebuilds it
+    # and skips the batches already consumed. Rebuilt, not reused: a second iterator
+    # over the same dataset object would draw a new shuffle order from its seed.
+    logger.info("data: %s cannot be saved as tf.data state; checkpoints record the batches consumed", config.task)
+    return SkippingIterator(lambda consumed: iter(ds if consumed == 0 else pipeline().skip(consumed)))
+
+
+def _serializable(ds) -> bool:
+    """Whether tf.data can save an iterator over ``ds`` (not through Python ops)."""
+    import tensorflow as tf
+
+    try:
+        # The graph a tf.data checkpoint would need; refused for py_function /
+        # from_generator stages. Cheap: nothing is read.
+        ds._as_serialized_graph(external_state_policy=tf.data.experimental.ExternalStatePolicy.FAIL)
+    except tf.errors.FailedPreconditionError:
+        return False
+    return True
 
 
 def eval_batches(config: DataConfig, local_batch: int, shard: Optional[tuple[int, int]] = None) -> Iterator:

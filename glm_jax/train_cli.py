@@ -20,14 +20,17 @@ DEFAULT_CONFIG = "pretrain_embedded"
 def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--config", default=DEFAULT_CONFIG,
-        help="YAML config: a path, or a name under configs/ (e.g. pretrain_glm_large)",
+        help="YAML config: a path, or a name under configs/ (e.g. pretrain/glm_large)",
     )
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100 model.dtype=bfloat16")
     parser.add_argument("--no-export", action="store_true", help="do not write <output_dir>/model at the end")
     group = parser.add_argument_group("multi-host (jax.distributed)")
-    group.add_argument("--coordinator-address", default=None, help="host:port of process 0")
-    group.add_argument("--num-processes", type=int, default=None)
-    group.add_argument("--process-id", type=int, default=None)
+    group.add_argument("--coordinator-address", default=None,
+                       help="host:port of process 0's coordinator (default: none, a single-process run)")
+    group.add_argument("--num-processes", type=int, default=None,
+                       help="processes in the run; give it with --coordinator-address and --process-id")
+    group.add_argument("--process-id", type=int, default=None,
+                       help="this process's rank, 0 .. num-processes - 1")
     group.add_argument(
         "--auto-distributed", action="store_true",
         help="let jax.distributed detect the cluster (TPU pods, SLURM, ...)",
@@ -35,20 +38,21 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def export_model(output_dir: Path, config, params, vocab_file) -> Path:
-    """Write ``<output_dir>/model`` (config, params, vocabulary), replacing an older export
-    only once the new one is complete: the checkpoints remain the source of truth."""
-    import jax
-    import numpy as np
+def export_model(output_dir: Path, config, host_params, tokenizer) -> Path:
+    """Write ``<output_dir>/model`` (config, params, tokenizer), replacing an older export
+    only once the new one is complete: the checkpoints remain the source of truth.
 
+    Args:
+      host_params: the params as numpy arrays (:func:`gather_params`).
+      tokenizer: a ``glm_jax.model_dir.TokenizerConfig``.
+    """
     from glm_jax.model_dir import save_model_dir
 
     final = output_dir / "model"
     staging = output_dir / f"model.tmp-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
-    host_params = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-    save_model_dir(staging, config.model, host_params, vocab_file=vocab_file)
+    save_model_dir(staging, config.model, host_params, tokenizer=tokenizer)
     if final.exists():
         old = output_dir / f"model.old-{os.getpid()}"
         final.rename(old)
@@ -57,6 +61,22 @@ def export_model(output_dir: Path, config, params, vocab_file) -> Path:
     else:
         staging.rename(final)
     return final
+
+
+def gather_params(params):
+    """The (possibly sharded, multi-host) params as numpy arrays on every process.
+    Every process must call it: the gather is a collective."""
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def check_vocabulary(vocabulary, config) -> None:
+    """The data's token ids must index the model's embedding table."""
+    if vocabulary.vocab_size > config.model.vocab_size:
+        raise ValueError(
+            f"data.task={config.data.task!r} has a vocabulary of {vocabulary.vocab_size} ids, more than "
+            f"model.vocab_size={config.model.vocab_size}: set model.vocab_size to at least {vocabulary.vocab_size}")
 
 
 def cli_train(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> int:
@@ -71,6 +91,8 @@ def cli_train(args: argparse.Namespace, print_fn: Callable[[str], None] = print)
     from glm_jax import data, sharding, trainer
 
     config = config_lib.load_config(args.config, list(args.overrides))
+    vocabulary = data.vocabulary_of(config.data.task)
+    check_vocabulary(vocabulary, config)
     is_main = jax.process_index() == 0
     if is_main:
         print_fn(f"# resolved config ({args.config})\n{config_lib.to_yaml(config)}")
@@ -90,12 +112,14 @@ def cli_train(args: argparse.Namespace, print_fn: Callable[[str], None] = print)
             f"trained steps {result.start_step}->{result.final_step} in {elapsed:.0f}s; "
             f"loss {losses[0]:.3f} (first interval) -> {losses[-1]:.3f} (last)"
         )
-    if result.stopped_early or args.no_export or not is_main:
+    if result.stopped_early or args.no_export:
         return 0
-    vocabulary = data.vocabulary_of(config.data.task)
-    model_dir = export_model(
-        Path(config.train.output_dir), config, result.state.params, vocabulary.sentencepiece_model_file
-    )
+    host_params = gather_params(result.state.params)  # every process takes part
+    if not is_main:
+        return 0
+    from glm_jax.model_dir import tokenizer_of
+
+    model_dir = export_model(Path(config.train.output_dir), config, host_params, tokenizer_of(vocabulary))
     print_fn(f"model written to {model_dir}; try:\n  glm-jax generate --checkpoint {model_dir} "
              "\"The [MASK] statement is used to leave a loop.\"")
     return 0

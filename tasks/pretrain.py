@@ -17,7 +17,7 @@ Feed them to the model through ``tasks.feature_converter.GLMFeatureConverter``.
 Adding a corpus::
 
     from tasks import pretrain, sources
-    pretrain.register_pretraining_tasks("mywiki", sources.JsonLinesSource("wiki-*.jsonl"))
+    pretrain.register_pretraining_tasks("mywiki", sources.JsonLinesSource({"train": "wiki-*.jsonl"}))
     # -> glm_pretrain_token_mywiki, ..., glm_pretrain_multitask_mywiki
 
 Determinism and restarts: every random choice is a stateless function of seqio's

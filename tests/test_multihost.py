@@ -140,6 +140,47 @@ def test_two_processes_match_one_process():
         np.testing.assert_allclose(result["param_norm"], reference["param_norm"], rtol=1e-6)
 
 
+TINY_TRAIN = [
+    "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.max_position_embeddings=32",
+    "data.sequence_length=32", "data.shuffle_buffer=64", "train.global_batch_size=8", "train.steps=2",
+    "train.log_every=1", "train.eval_batches=1", "optimizer.warmup_steps=0", "optimizer.decay_steps=2",
+    "checkpoint.save_interval_steps=2",
+]
+
+
+@pytest.mark.slow
+def test_two_process_train_cli_exports_the_model(tmp_path, corpus_dir):
+    """`glm-jax train` across two processes ends, and process 0 exports a loadable model
+    (the export used to wait forever in a barrier the other process never reached)."""
+    port = _free_port()
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0",
+        JAX_PLATFORMS="cpu",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "glm_jax.cli", "train", "--coordinator-address", f"127.0.0.1:{port}",
+             "--num-processes", "2", "--process-id", str(rank), f"train.output_dir={tmp_path / 'run'}", *TINY_TRAIN],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for rank in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rank, (p, out) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"process {rank}:\n" + "\n".join(out.splitlines()[-30:])
+    from glm_jax.model_dir import load_model_dir, load_vocabulary
+
+    config, params = load_model_dir(tmp_path / "run" / "model")
+    assert config.hidden_size == 32
+    assert load_vocabulary(tmp_path / "run" / "model").vocab_size <= config.vocab_size
+
+
 def test_single_process_helpers():
     import jax
 

@@ -65,3 +65,34 @@ def test_bad_override_is_a_one_line_error(capsys):
     assert cli.main(["train", "train.stepz=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'train.stepz'" in err and "Traceback" not in err
+
+
+def test_readme_main_generate_command_runs_as_written(trained, tmp_path, monkeypatch, capsys):
+    """The README's main job ends with a `glm-jax generate` on runs/embedded_default/model;
+    run that command verbatim against the model trained here (small settings)."""
+    import shlex
+
+    from test_readme import readme_commands
+
+    main = next(c for c in readme_commands() if "glm-jax train" in c)
+    generate = main[main.index(".venv/bin/glm-jax generate"):]
+    argv = shlex.split(generate)[1:]
+    out, _ = trained
+    (tmp_path / "runs" / "embedded_default").mkdir(parents=True)
+    (tmp_path / "runs" / "embedded_default" / "model").symlink_to(out / "model")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(argv) == 0
+    assert "Return the" in capsys.readouterr().out
+
+
+def test_train_writes_a_loss_curve(trained):
+    out, _ = trained
+    png = out / "logs" / "loss_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_vocabulary_larger_than_the_model_is_refused(tmp_path, capsys):
+    rc = cli.main(["train", "model.vocab_size=128", "train.steps=1", f"train.output_dir={tmp_path / 'run'}"])
+    assert rc == 2
+    assert "model.vocab_size=128" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
