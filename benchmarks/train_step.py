@@ -2,13 +2,16 @@
 
     python benchmarks/train_step.py --preset glm_tiny --batch 8 --seq 128 [--steps 20]
     python benchmarks/train_step.py --preset glm_large --batch 16 --seq 512 --dtype bfloat16 --remat minimal
+    python benchmarks/train_step.py --preset glm_2b --batch 8 --seq 512 --dtype bfloat16 --attention-backend pallas --measure-peak
 
 Runs ``glm_jax.train.make_train_step`` (AdamW, the official schedule) on random GLM
 batches (Part A half the row, Part B the rest) over all local devices as one FSDP
 mesh. Times are the median of ``--steps`` steps after two warm-up steps (the first
 compiles); each timed step blocks on its result, so the figure is device time plus
 dispatch, with no input pipeline. MFU = achieved FLOP/s over the devices' peak
-(``--peak-tflops`` per device, or glm_jax.trainer.PEAK_TFLOPS; none on CPU), with
+(``--peak-tflops`` per device; ``--measure-peak`` times a large bf16 matmul on the
+device in the same run, the peak issue 9 asks for; else glm_jax.trainer.PEAK_TFLOPS;
+none on CPU), with
 FLOPs from glm_jax.metrics.train_flops_per_token (6N plus full attention).
 Appends a row to benchmarks/RESULTS.md with the device, date, commit and command.
 """
@@ -51,6 +54,23 @@ def random_batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, n
     )
 
 
+def measure_matmul_peak(size: int = 8192, repeats: int = 10) -> float:
+    """Achieved TFLOP/s of a ``[size, size] @ [size, size]`` bf16 matmul on one device:
+    the practical peak MFU is measured against (vendor figures are rarely reached)."""
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
+    matmul = jax.jit(lambda x, y: x @ y)
+    jax.block_until_ready(matmul(a, b))  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a, b))
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="glm_tiny")
@@ -61,13 +81,17 @@ def main(argv=None) -> int:
     parser.add_argument("--remat", default="none")
     parser.add_argument("--scan", action="store_true", help="scan over layers")
     parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--attention-backend", default="xla",
+                        help="model.attention_backend: xla, dot_product_attention, blockwise or pallas")
     parser.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU")
+    parser.add_argument("--measure-peak", action="store_true",
+                        help="measure the device's bf16 matmul TFLOP/s first and use it as the peak")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     preset = get_preset(args.preset)
     config = preset.replace(
-        dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan,
+        dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan, attention_backend=args.attention_backend,
         max_position_embeddings=max(preset.max_position_embeddings, args.seq),
         embedding_dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0,
     )
@@ -90,6 +114,9 @@ def main(argv=None) -> int:
     flops = metrics.train_flops_per_token(config, args.seq) * tokens_per_s
     device = jax.devices()[0]
     peak = args.peak_tflops
+    if peak is None and args.measure_peak:
+        peak = measure_matmul_peak()
+        print(f"measured bf16 matmul peak: {peak:.1f} TFLOP/s per device")
     if peak is None:
         from glm_jax.trainer import PEAK_TFLOPS
 
@@ -97,7 +124,8 @@ def main(argv=None) -> int:
     mfu = f"{100 * flops / (peak * 1e12 * jax.device_count()):.1f}%" if peak else "n/a (no peak for this device)"
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     row = (f"| {args.preset} | {n_params / 1e6:.2f}M | {args.batch}x{args.seq} | {args.dtype} | {args.remat} | "
-           f"{'yes' if args.scan else 'no'} | {1000 * step_s:.1f} | {tokens_per_s:,.0f} | {flops / 1e12:.3f} | {mfu} |")
+           f"{'yes' if args.scan else 'no'} | {args.attention_backend} | {1000 * step_s:.1f} | {tokens_per_s:,.0f} | "
+           f"{flops / 1e12:.3f} | {mfu}{f' of {peak:.0f}' if peak else ''} |")
     print(row)
     if not args.no_append:
         append(row, device, args)
@@ -118,8 +146,8 @@ def append(row: str, device, args) -> None:
         f"- device: {jax.device_count()} x {device.device_kind} ({device.platform}), {platform.machine()}, "
         f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}\n"
         f"- command: `python benchmarks/train_step.py {' '.join(sys.argv[1:])}`\n\n"
-        "| preset | params | batch x seq | dtype | remat | scan | step (ms) | tokens/s | TFLOP/s | MFU |\n"
-        "|---|---:|---|---|---|---|---:|---:|---:|---|\n" + row + "\n"
+        "| preset | params | batch x seq | dtype | remat | scan | attention | step (ms) | tokens/s | TFLOP/s | MFU (of peak TFLOP/s) |\n"
+        "|---|---:|---|---|---|---|---|---:|---:|---:|---|\n" + row + "\n"
     )
     RESULTS.write_text(text)
 

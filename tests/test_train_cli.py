@@ -10,7 +10,7 @@ from glm_jax import cli
 from glm_jax.model_dir import load_model_dir, vocab_file
 
 TINY_RUN = [
-    "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.max_position_embeddings=32",
+    "model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.max_position_embeddings=128",
     "data.sequence_length=32", "data.shuffle_buffer=64", "train.global_batch_size=8", "train.steps=4",
     "train.log_every=2", "train.eval_batches=1", "optimizer.warmup_steps=1", "optimizer.decay_steps=4",
     "checkpoint.save_interval_steps=2", "mesh.ici_shape=[2,2,2]",
