@@ -186,7 +186,22 @@ def register_task(config: Any, vocabulary: Any) -> str:
         pattern_ids=[] if ft.pattern_id is None else [ft.pattern_id], max_seq_length=ft.max_seq_length,
         overwrite=True,
     )
-    return superglue.task_name(ft.task, ft.pattern_id, TASK_PREFIX)
+    name = superglue.task_name(ft.task, ft.pattern_id, TASK_PREFIX)
+    check_task_fits(superglue.task_info(name), config.model)
+    return name
+
+
+def check_task_fits(info: Any, model: Any) -> None:
+    """Problems that would otherwise surface late: inside the tf.data pipeline (a long
+    traceback, sometimes a hang at teardown) or as NaN logits from position ids beyond
+    the model's position table, which train and evaluate silently."""
+    if info.max_seq_length > model.max_position_embeddings:
+        raise ValueError(
+            f"finetune.max_seq_length={info.max_seq_length} ({info.task}'s rows) exceeds the model's "
+            f"max_position_embeddings={model.max_position_embeddings}: set finetune.max_seq_length to at most "
+            f"{model.max_position_embeddings}")
+    if not info.multi_token:
+        info.verbalizer_ids()  # raises, naming the task and pattern, if the label words collide
 
 
 def absolute_tokenizer(checkpoint: str) -> Any:
