@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
 
@@ -370,7 +368,7 @@ def _keep_best(config, record, best, params, tokenizer, print_fn) -> Optional[di
     new = {"epoch": record["epoch"], "step": record["step"], "metric": metric, "score": scores[metric],
            "metrics": scores}
     output_dir = Path(ft.output_dir)
-    host_params = _to_host(params)  # every process: a collective with several
+    host_params = multihost.gather_to_host(params)  # every process: a collective with several
     if jax.process_index() == 0:
         export_model_dir(output_dir / BEST_DIR, config.model, host_params, tokenizer, run_config=config)
         (output_dir / BEST_RECORD).write_text(json.dumps(new, indent=1) + "\n")
@@ -384,35 +382,12 @@ def read_best(output_dir: str | Path) -> Optional[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _to_host(params: Any) -> Any:
-    """Numpy copies of (possibly sharded) params; with several processes a collective
-    (each holds only its shards), so every process must call it."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-
-
 def export_model_dir(
-    final: Path, model_config: ModelConfig, params: Any, tokenizer: Any = None, *, run_config: Any = None
+    final: Path, model_config: ModelConfig, host_params: Any, tokenizer: Any = None, *, run_config: Any = None
 ) -> Path:
-    """Write a model directory at ``final``, replacing an older one only once the new
-    one is complete (written beside it, then renamed). With ``run_config``, its YAML
-    goes beside the weights as :data:`RUN_CONFIG`."""
-    from glm_jax.model_dir import save_model_dir
+    """Write the model directory ``final`` from host params (glm_jax.model_dir.replace_model_dir);
+    with ``run_config``, its YAML goes beside the weights as :data:`RUN_CONFIG`."""
+    from glm_jax.model_dir import replace_model_dir
 
-    staging = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-    if staging.exists():
-        shutil.rmtree(staging)
-    save_model_dir(staging, model_config, _to_host(params), tokenizer=tokenizer)
-    if run_config is not None:
-        (staging / RUN_CONFIG).write_text(str(run_config))
-    if final.exists():
-        old = final.with_name(f"{final.name}.old-{os.getpid()}")
-        final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old)
-    else:
-        staging.rename(final)
-    return final
+    extra = {RUN_CONFIG: str(run_config)} if run_config is not None else None
+    return replace_model_dir(final, model_config, host_params, tokenizer=tokenizer, extra_files=extra)

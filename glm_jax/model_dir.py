@@ -32,6 +32,7 @@ one may be smaller. Saving and loading both check it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional, Union
@@ -105,6 +106,39 @@ def save_model_dir(
     # The config goes last: a directory without it is visibly incomplete.
     write_config(path / CONFIG_FILE, config)
     return path
+
+
+def replace_model_dir(
+    path: PathLike,
+    config: ModelConfig,
+    params: Mapping[str, Any],
+    *,
+    tokenizer: Optional[TokenizerConfig] = None,
+    extra_files: Optional[Mapping[str, str]] = None,
+) -> Path:
+    """:func:`save_model_dir` at ``path``, replacing an older directory there only once
+    the new one is complete (written beside it, then renamed), so an interrupted export
+    never leaves a half-written model where a good one was.
+
+    Args:
+      params: host (numpy) arrays: this writes from the calling process alone.
+      extra_files: ``{file name: text}`` written into the directory too.
+    """
+    final = Path(path)
+    staging = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+    if staging.exists():
+        shutil.rmtree(staging)
+    save_model_dir(staging, config, params, tokenizer=tokenizer)
+    for name, text in (extra_files or {}).items():
+        (staging / name).write_text(text)
+    if final.exists():
+        old = final.with_name(f"{final.name}.old-{os.getpid()}")
+        final.rename(old)
+        staging.rename(final)
+        shutil.rmtree(old)
+    else:
+        staging.rename(final)
+    return final
 
 
 def vocab_file(path: PathLike) -> Optional[Path]:

@@ -123,3 +123,13 @@ def global_batch_from_local(
         global_shape = None if global_batch_size is None else (global_batch_size, *value.shape[1:])
         out[name] = jax.make_array_from_process_local_data(batch_sharding, value, global_shape)
     return out
+
+
+def gather_to_host(tree):
+    """Numpy copies of (possibly sharded) arrays. With several processes each holds only
+    its shards, so this is a collective: every process must call it."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)

@@ -8,8 +8,6 @@ exported as a model directory that ``glm-jax generate`` reads.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,39 +34,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
         help="let jax.distributed detect the cluster (TPU pods, SLURM, ...)",
     )
     return parser
-
-
-def export_model(output_dir: Path, config, host_params, tokenizer) -> Path:
-    """Write ``<output_dir>/model`` (config, params, tokenizer), replacing an older export
-    only once the new one is complete: the checkpoints remain the source of truth.
-
-    Args:
-      host_params: the params as numpy arrays (:func:`gather_params`).
-      tokenizer: a ``glm_jax.model_dir.TokenizerConfig``.
-    """
-    from glm_jax.model_dir import save_model_dir
-
-    final = output_dir / "model"
-    staging = output_dir / f"model.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    save_model_dir(staging, config.model, host_params, tokenizer=tokenizer)
-    if final.exists():
-        old = output_dir / f"model.old-{os.getpid()}"
-        final.rename(old)
-        staging.rename(final)
-        shutil.rmtree(old)
-    else:
-        staging.rename(final)
-    return final
-
-
-def gather_params(params):
-    """The (possibly sharded, multi-host) params as numpy arrays on every process.
-    Every process must call it: the gather is a collective."""
-    from jax.experimental import multihost_utils
-
-    return multihost_utils.process_allgather(params, tiled=True)
 
 
 def check_vocabulary(vocabulary, config) -> None:
@@ -114,12 +79,14 @@ def cli_train(args: argparse.Namespace, print_fn: Callable[[str], None] = print)
         )
     if result.stopped_early or args.no_export:
         return 0
-    host_params = gather_params(result.state.params)  # every process takes part
+    host_params = multihost.gather_to_host(result.state.params)  # every process takes part
     if not is_main:
         return 0
-    from glm_jax.model_dir import tokenizer_of
+    from glm_jax.model_dir import replace_model_dir, tokenizer_of
 
-    model_dir = export_model(Path(config.train.output_dir), config, host_params, tokenizer_of(vocabulary))
+    # The checkpoints remain the source of truth; the export is replaced whole.
+    model_dir = replace_model_dir(Path(config.train.output_dir) / "model", config.model, host_params,
+                                  tokenizer=tokenizer_of(vocabulary))
     print_fn(f"model written to {model_dir}; try:\n  glm-jax generate --checkpoint {model_dir} "
              "\"The [MASK] statement is used to leave a loop.\"")
     return 0

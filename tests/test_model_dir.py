@@ -10,6 +10,8 @@ import pytest
 
 from glm_jax.model import ModelConfig
 from glm_jax.model_dir import (
+    replace_model_dir,
+    tokenizer_of,
     CONFIG_FILE,
     DEFAULT_TASK_MASK,
     PARAMS_DIR,
@@ -240,3 +242,24 @@ def test_tokenizer_yaml_errors(tmp_path, tiny_files):
                        tokenizer=TokenizerConfig(kind="bert", vocab_file=str(tmp_path / "missing.txt")))
     with pytest.raises(ValueError, match="not both"):
         save_model_dir(tmp_path / "y", CONFIG, random_params(CONFIG), vocab_file="a.model", tokenizer=small)
+
+
+def test_replace_model_dir_swaps_in_a_complete_directory(tmp_path):
+    first, second = random_params(CONFIG), random_params(CONFIG.replace(intermediate_size=64))
+    replace_model_dir(tmp_path / "model", CONFIG, first, extra_files={"note.txt": "first"})
+    replace_model_dir(tmp_path / "model", CONFIG.replace(intermediate_size=64), second)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging or old copies left
+    config, params = load_model_dir(tmp_path / "model")
+    assert config.intermediate_size == 64 and not (tmp_path / "model" / "note.txt").exists()
+    assert_trees_equal(params, second)
+
+
+def test_tokenizer_of_describes_a_vocabulary_object(tmp_path, tiny_files):
+    files = tiny_files["gpt2"]
+    vocab = official_vocabulary("gpt2", files["vocab_file"], merges_file=files["merges_file"], task_mask=True)
+    record = tokenizer_of(vocab)
+    assert (record.kind, record.task_mask, record.decoder_mask) == ("gpt2", True, False)
+    save_model_dir(tmp_path / "model", CONFIG, random_params(CONFIG), tokenizer=record)
+    assert load_vocabulary(tmp_path / "model") == vocab
+    with pytest.raises(ValueError, match="cannot record a vocabulary of type object"):
+        tokenizer_of(object())
