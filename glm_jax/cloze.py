@@ -305,13 +305,7 @@ def _check_batch(batch: Mapping[str, Any], mesh, num_microbatches: int) -> None:
     missing = [k for k in needed if k not in batch]
     if missing:
         raise ValueError(f"the cloze batch has no {missing} (got {sorted(batch)})")
-    size = batch["tokens"].shape[0]
-    shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
-    if size % (num_microbatches * shards):
-        raise ValueError(
-            f"batch size {size} must be divisible by num_microbatches ({num_microbatches}) "
-            f"x the data*fsdp size of mesh.ici_shape/mesh.dcn_shape ({shards})"
-        )
+    train.check_batch_divisible(batch["tokens"].shape[0], mesh, num_microbatches, "finetune.num_microbatches")
 
 
 def make_train_step(

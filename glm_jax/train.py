@@ -366,11 +366,15 @@ def _check_batch(batch: Batch, mesh: Mesh, num_microbatches: int) -> None:
     for name in ("targets", "loss_mask"):
         if name not in batch:
             raise ValueError(f"the training batch has no {name!r} feature (got {sorted(batch)})")
-    size = batch["tokens"].shape[0]
+    check_batch_divisible(batch["tokens"].shape[0], mesh, num_microbatches, "train.num_microbatches")
+
+
+def check_batch_divisible(size: int, mesh: Mesh, num_microbatches: int, microbatches_key: str) -> None:
+    """The batch must split evenly into microbatches and then over data x fsdp."""
     shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
     if size % (num_microbatches * shards):
         raise ValueError(
-            f"global batch size {size} must be divisible by train.num_microbatches ({num_microbatches}) "
+            f"global batch size {size} must be divisible by {microbatches_key} ({num_microbatches}) "
             f"x the data*fsdp size of mesh.ici_shape/mesh.dcn_shape ({shards})"
         )
 

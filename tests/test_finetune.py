@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 from pathlib import Path
 
@@ -29,22 +28,13 @@ from glm_jax.model import GLM, ModelConfig
 from glm_jax.model_dir import load_model_dir
 from tasks.superglue.inputs import encode_example
 from tasks.superglue.readers import Example
+from test_cloze import WordVocab
 
 CMD = CommandTokens(pad=0, eos=0, cls=1, mask=2, sop=3, eop=4, unk=5)
 MODEL = ModelConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=64)
 LENGTH = 32
 LR = 1e-2
 NOUNS = "cat dog bird fish horse cow sheep goat mouse lion".split()
-
-
-class WordVocab:
-    command_tokens = CMD
-
-    def __init__(self):
-        self.table: dict[str, int] = {}
-
-    def encode(self, text: str) -> list[int]:
-        return [self.table.setdefault(t, 10 + len(self.table)) for t in re.findall(r"\s?\w+|\s?[^\w\s]", text)]
 
 
 def rte_rows(n: int, seed: int, vocab: WordVocab) -> dict[str, np.ndarray]:
