@@ -59,7 +59,7 @@ def make_pattern(kind: str, batch: int, length: int):
     raise ValueError(f"unknown pattern {kind!r}")
 
 
-def core(backend: str, block: int):
+def core(backend: str, block: int, length: int):
     """``(q, k, v, seg, part_a, mask) -> out`` for one backend."""
     if backend == "xla":
         return lambda q, k, v, seg, pa, mask: attention.xla_attention(q, k, v, mask)
@@ -68,11 +68,9 @@ def core(backend: str, block: int):
     if backend == "blockwise":
         return lambda q, k, v, seg, pa, mask: blockwise.blockwise_attention(
             q, k, v, seg, pa, block_q=block, block_kv=block)
-    if backend == "pallas":
-        from glm_jax.model.kernels import pallas_gpu
-
-        return lambda q, k, v, seg, pa, mask: pallas_gpu.pallas_attention(
-            q, k, v, seg, pa, block_q=block, block_kv=block)
+    if backend == "pallas":  # the platform's kernel: Triton on GPU, Mosaic on TPU
+        kernel = attention.pallas_kernel(jax.default_backend(), length=length, block_size=block)
+        return lambda q, k, v, seg, pa, mask: kernel(q, k, v, seg, pa, None)
     raise ValueError(f"unknown backend {backend!r}")
 
 
@@ -92,7 +90,7 @@ def measure(backend: str, shape: tuple[int, ...], kind: str, dtype, block: int, 
     q, k, v, cot = (jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(4))
     k = (k / np.sqrt(head_dim)).astype(dtype)
     seg, pa, mask = make_pattern(kind, batch, length)
-    fn = core(backend, block)
+    fn = core(backend, block, shape[1])
     # The block backends never receive the dense mask: a dense-only input would
     # otherwise count its [batch, 1, T, T] bytes against them.
     dense = backend in attention.DENSE_BACKENDS
@@ -133,14 +131,14 @@ def main(argv=None) -> int:
                         help="batch x T x heads x head_dim")
     parser.add_argument("--patterns", nargs="+", default=["sep", "packed"])
     parser.add_argument("--backends", nargs="+", default=None,
-                        help="default: every backend, Pallas only on GPU (interpreted elsewhere)")
+                        help="default: every backend, Pallas only on GPU and TPU (interpreted elsewhere)")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
     backends = args.backends or ["xla", "dot_product_attention", "blockwise"] + (
-        ["pallas"] if jax.default_backend() == "gpu" else [])
+        ["pallas"] if jax.default_backend() in ("gpu", "tpu") else [])
     if backends[0] != "xla":
         backends = ["xla"] + [b for b in backends if b != "xla"]  # the reference comes first
     dtype = jnp.dtype(args.dtype)

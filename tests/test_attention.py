@@ -20,7 +20,7 @@ import pytest
 from glm_jax import sharding
 from glm_jax.model import GLM, ModelConfig, attention, masks
 from glm_jax.model import glm as glm_module
-from glm_jax.model.kernels import blocks, blockwise, pallas_gpu
+from glm_jax.model.kernels import blocks, blockwise, pallas_gpu, pallas_tpu
 
 B, T, H, D = 4, 40, 2, 8  # T = 40 is not a multiple of the tiles: the kernels pad
 BLOCK_Q, BLOCK_KV = 8, 16
@@ -75,6 +75,9 @@ def compiled(backend: str):
     if backend == "blockwise":
         return with_grads(lambda q, k, v, seg, pa, mask: blockwise.blockwise_attention(
             q, k, v, seg, pa, block_q=BLOCK_Q, block_kv=BLOCK_KV))
+    if backend == "pallas_tpu":  # the Mosaic kernel in the interpreter, small tiles allowed there
+        return with_grads(lambda q, k, v, seg, pa, mask: pallas_tpu.pallas_tpu_attention(
+            q, k, v, seg, pa, block_q=BLOCK_Q, block_kv=BLOCK_KV, interpret=True))
     return with_grads(lambda q, k, v, seg, pa, mask: pallas_gpu.pallas_attention(
         q, k, v, seg, pa, block_q=BLOCK_Q, block_kv=BLOCK_KV, interpret=True))
 
@@ -84,7 +87,7 @@ TOLERANCE = {jnp.float32: dict(atol=2e-5, rtol=1e-5), jnp.bfloat16: dict(atol=3e
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("pattern", ["sep", "packed"])
-@pytest.mark.parametrize("backend", ["dot_product_attention", "blockwise", "pallas"])
+@pytest.mark.parametrize("backend", ["dot_product_attention", "blockwise", "pallas", "pallas_tpu"])
 def test_backend_equals_reference_with_gradients(backend, pattern, dtype):
     q, k, v, cot = qkv(dtype)
     seg, pa, mask = PATTERNS[pattern]()
@@ -387,6 +390,37 @@ def test_pallas_kernels_lower_to_triton():
     with pytest.raises(ValueError, match="head_dim a power of two"):
         pallas_gpu.pallas_attention(*(jnp.zeros((1, 48, 1, 24)),) * 3, jnp.ones((1, 48), jnp.int32),
                                     jnp.ones((1, 48), bool), block_q=16, block_kv=16, interpret=False)
+
+
+def test_pallas_tpu_kernels_lower_to_mosaic():
+    """Lowering for TPU on this CPU machine, through the backend's own kernel choice:
+    forward, dK/dV and dQ become one Mosaic custom call each, which is where Pallas
+    checks the (8, 128) block tiling and the ops (Mosaic's compilation needs a TPU)."""
+    spec = jax.ShapeDtypeStruct((2, 256, 2, 64), jnp.bfloat16)
+    rows = jax.ShapeDtypeStruct((2, 256), jnp.int32), jax.ShapeDtypeStruct((2, 256), jnp.bool_)
+    kernel = attention.pallas_kernel("tpu", length=256, block_size=128)
+
+    def grads(q, k, v, seg, pa):
+        loss = lambda q, k, v: kernel(q, k, v, seg, pa, None).astype(jnp.float32).sum()  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    text = jax.jit(grads).trace(spec, spec, spec, *rows).lower(lowering_platforms=("tpu",)).as_text()
+    assert text.count("tpu_custom_call") == 3
+    with pytest.raises(ValueError, match="block_kv a multiple of 128"):
+        pallas_tpu.pallas_tpu_attention(*(jnp.zeros((1, 64, 1, 64)),) * 3, jnp.ones((1, 64), jnp.int32),
+                                        jnp.ones((1, 64), bool), block_q=64, block_kv=64, interpret=False)
+
+
+def test_pallas_kernel_choice_per_platform():
+    """Mosaic wants key tiles of 128 lanes, Triton power-of-two tiles: a short
+    sequence pads up to what the platform's kernel takes."""
+    q = jnp.asarray(np.random.default_rng(0).standard_normal((1, 40, 1, 16)), jnp.float32)
+    seg, pa = jnp.ones((1, 40), jnp.int32), jnp.arange(40)[None] < 9
+    want = attention.xla_attention(q, q, q, masks.segment_mask(seg, pa))
+    for platform in ("tpu", "gpu"):
+        kernel = attention.pallas_kernel(platform, length=40, block_size=24, interpret=True)
+        got = jax.jit(kernel)(q, q, q, seg, pa, None)
+        np.testing.assert_allclose(got, want, atol=2e-5, err_msg=platform)
 
 
 def test_config_checks_backend_and_block_size():

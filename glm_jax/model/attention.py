@@ -17,10 +17,11 @@ float32 scores. They differ in how they read the attention pattern and what they
   (glm_jax/model/kernels/blockwise.py). It reads ``sep`` or ``segment_ids`` +
   ``part_a``, never a dense mask, so memory is O(T * block); an explicit
   ``attention_mask`` is a ValueError. Attention dropout with its own per-tile RNG.
-* ``"pallas"``: the same tile skipping as Pallas kernels (forward, dK/dV, dQ),
-  Triton-lowered on GPU and run in the Pallas interpreter on CPU, which is how the
-  tests check them (glm_jax/model/kernels/pallas_gpu.py); a ValueError on TPU. Same
-  inputs as ``"blockwise"``; no attention dropout yet.
+* ``"pallas"``: the same tile skipping as Pallas kernels (forward, dK/dV, dQ):
+  Triton on GPU (glm_jax/model/kernels/pallas_gpu.py), Mosaic on TPU
+  (glm_jax/model/kernels/pallas_tpu.py, whose key blocks are fetched through scalar
+  prefetch); on CPU the Triton kernel runs in the Pallas interpreter, and the tests
+  check both kernels there. Same inputs as ``"blockwise"``; no attention dropout yet.
 
 Decoding (``decode=True``, the key/value cache) always uses ``"xla"``, whatever the
 backend: the cache mask (glm_jax/model/masks.py ``cache_mask``) has a validity flag per
@@ -33,7 +34,8 @@ sequence whole (each shard needs all its keys).
 Choosing. On CPU "blockwise" is the fastest and by far the smallest
 (benchmarks/RESULTS.md). On GPU (expected, not yet measured) "pallas" or
 "dot_product_attention" (cuDNN); "blockwise" there runs a loop of small kernels
-per tile, so it saves memory, not time. On TPU "xla".
+per tile, so it saves memory, not time. On TPU "xla", or "pallas" for long
+sequences (its Mosaic kernel is checked only in the interpreter and by lowering).
 """
 
 from __future__ import annotations
@@ -200,18 +202,10 @@ def attend(
     length = query.shape[1]
     block = min(block_size, _round_up(length, 8))
     if backend == "pallas":
-        # Triton wants power-of-two tiles: a short sequence gets the next one up.
-        block = min(block_size, max(16, 1 << (length - 1).bit_length()))
         if dropout_rate > 0:
             raise ValueError("model.attention_backend='pallas' has no attention dropout yet; "
                              "set model.attention_dropout=0 or use 'blockwise'")
-        if jax.default_backend() == "tpu":
-            raise ValueError("model.attention_backend='pallas' is a GPU (Triton) kernel; on TPU use "
-                             "'blockwise' or 'xla' (see glm_jax/model/kernels/pallas_gpu.py for the TPU route)")
-        from glm_jax.model.kernels import pallas_gpu  # imported lazily: Pallas loads Triton/Mosaic bits
-
-        kernel = lambda q, k, v, seg, pa, rng: pallas_gpu.pallas_attention(  # noqa: E731
-            q, k, v, seg, pa, block_q=block, block_kv=block)
+        kernel = pallas_kernel(jax.default_backend(), length, block_size)
     else:
         kernel = lambda q, k, v, seg, pa, rng: blockwise.blockwise_attention(  # noqa: E731
             q, k, v, seg, pa, block_q=block, block_kv=block, dropout_rate=dropout_rate, dropout_rng=rng)
@@ -220,6 +214,33 @@ def attend(
     elif jnp.issubdtype(dropout_rng.dtype, jax.dtypes.prng_key):
         dropout_rng = jax.random.key_data(dropout_rng)
     return _per_shard(kernel, query, key, value, pattern.segment_ids, pattern.part_a, dropout_rng)
+
+
+def pallas_kernel(platform: str, length: int, block_size: int, interpret: Optional[bool] = None) -> Callable:
+    """The Pallas attention kernel for ``platform`` (``jax.default_backend()``), as
+    ``kernel(q, k, v, segment_ids, part_a, rng)``; ``interpret`` (default: unless
+    ``platform`` is the kernel's own) runs it in the Pallas interpreter.
+
+    TPU gets the Mosaic kernel (kernels/pallas_tpu.py): keys tile by 128 lanes, so a
+    short sequence pads up to 128. Everything else gets the Triton kernel
+    (kernels/pallas_gpu.py), interpreted off GPU: Triton wants power-of-two tiles,
+    so a short sequence gets the next power of two up.
+    """
+    # Imported lazily: Pallas loads Triton / Mosaic pieces that plain runs never need.
+    if platform == "tpu":
+        from glm_jax.model.kernels import pallas_tpu
+
+        block_kv = _round_up(min(block_size, _round_up(length, 128)), 128)
+        block_q = min(_round_up(block_size, 8), block_kv)
+        interpret = platform != "tpu" if interpret is None else interpret
+        return lambda q, k, v, seg, pa, rng: pallas_tpu.pallas_tpu_attention(
+            q, k, v, seg, pa, block_q=block_q, block_kv=block_kv, interpret=interpret)
+    from glm_jax.model.kernels import pallas_gpu
+
+    block = min(block_size, max(16, 1 << (length - 1).bit_length()))
+    interpret = platform != "gpu" if interpret is None else interpret
+    return lambda q, k, v, seg, pa, rng: pallas_gpu.pallas_attention(
+        q, k, v, seg, pa, block_q=block, block_kv=block, interpret=interpret)
 
 
 def _round_up(n: int, multiple: int) -> int:

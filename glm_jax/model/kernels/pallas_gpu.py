@@ -18,12 +18,11 @@ Off GPU the kernel runs with ``interpret=True`` (how the tests check it on CPU).
 On GPU it needs ``block_q``, ``block_kv`` and ``head_dim`` powers of two >= 16
 (Triton's ``dot``); every GLM preset's head_dim (64 or 128) qualifies.
 
-TPU: this file's kernel does not lower to Mosaic. The TPU route would be a Pallas TPU
-kernel with the per-(example, query block) ``lo``/``hi`` (or the tile classes) passed
-by scalar prefetch (``PrefetchScalarGridSpec``), so the index maps fetch only the
-visited key blocks. Splash attention cannot take this pattern directly: its masks
-are static and shared by the whole batch, and its dynamic-mask path needs a
-materialised ``[heads, T, T]`` mask per example.
+TPU: this file's kernel does not lower to Mosaic; glm_jax/model/kernels/pallas_tpu.py
+is the same algorithm laid out for Mosaic (key blocks as a grid axis whose index
+maps read ``lo``/``hi`` by scalar prefetch). Splash attention cannot take this
+pattern directly: its masks are static and shared by the whole batch, and its
+dynamic-mask path needs a materialised ``[heads, T, T]`` mask per example.
 """
 
 from __future__ import annotations
