@@ -71,24 +71,22 @@ def measure_matmul_peak(size: int = 8192, repeats: int = 10) -> float:
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that define the measured step (shared with benchmarks/profile_step.py)."""
     parser.add_argument("--preset", default="glm_tiny")
     parser.add_argument("--batch", type=int, default=8, help="global batch (sequences)")
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--remat", default="none")
     parser.add_argument("--scan", action="store_true", help="scan over layers")
     parser.add_argument("--microbatches", type=int, default=1)
     parser.add_argument("--attention-backend", default="xla",
                         help="model.attention_backend: xla, dot_product_attention, blockwise or pallas")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU")
-    parser.add_argument("--measure-peak", action="store_true",
-                        help="measure the device's bf16 matmul TFLOP/s first and use it as the peak")
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args(argv)
 
+
+def build_step(args):
+    """``(config, state, step, batch)``: the jitted train step over all local devices
+    as one FSDP mesh, its state, and one random batch placed on the mesh."""
     preset = get_preset(args.preset)
     config = preset.replace(
         dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan, attention_backend=args.attention_backend,
@@ -102,6 +100,19 @@ def main(argv=None) -> int:
     from glm_jax.multihost import global_batch_from_local
 
     batch = global_batch_from_local(random_batch(args.batch, args.seq, config.vocab_size), mesh)
+    return config, state, step, batch
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_step_arguments(parser)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="per-device peak for MFU")
+    parser.add_argument("--measure-peak", action="store_true",
+                        help="measure the device's bf16 matmul TFLOP/s first and use it as the peak")
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+    config, state, step, batch = build_step(args)
     times = []
     for i in range(args.steps + 2):
         start = time.perf_counter()
