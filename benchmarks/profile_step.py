@@ -51,7 +51,9 @@ COMPONENTS = [
     ("attention core (scores, mask, softmax, PV)", r"/attention/"),
     ("mlp", r"/mlp/"),
     ("layernorms + residuals", r"layernorm|/layers_\d+/add|/layers/add"),
-    ("embeddings + logits + loss", r"word_embeddings|position_embeddings|logits|log_softmax|cross_entropy|/GLM/"),
+    # Whatever sits directly under the model, outside the layers: embeddings, the
+    # final layernorm, the tied-embedding logits and the loss.
+    ("embeddings + final layernorm + logits", r"GLM\)*/(?!layers)"),
 ]
 
 
