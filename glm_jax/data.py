@@ -6,6 +6,8 @@ global arrays (glm_jax/multihost.py). The iterator is a ``tf.data`` iterator wra
 for checkpointing (glm_jax/checkpointing/data.py): a resumed run continues from the
 saved position instead of replaying the preprocessing of the steps already taken.
 Pipelines tf.data cannot save (Python-read sources) resume by skipping instead.
+Both hold for a ``seqio.Mixture`` of pretraining tasks (corpora mixed with rates):
+its sampling is seeded with ``data.seed``, so it is as deterministic as its tasks.
 """
 
 from __future__ import annotations
@@ -59,8 +61,13 @@ def _dataset(config: DataConfig, split: str, local_batch: int, *, train: bool, s
     vocabulary = provider.output_features["targets"].vocabulary
     index, count = shard if shard is not None else (0, 1)
     sequence_length = {"tokens": config.sequence_length, "targets": config.sequence_length}
-    # Mixtures take no shuffle buffer size (their tasks use their own).
+    # A mixture's get_dataset takes no shuffle buffer size: each of its tasks shuffles
+    # with the buffer it was registered with (register_pretraining_tasks'
+    # shuffle_buffer_size), and data.shuffle_buffer does not apply.
     extra = {"shuffle_buffer_size": config.shuffle_buffer} if isinstance(provider, seqio.Task) else {}
+    if train and not extra:
+        logger.info("data: %s is a mixture; its tasks use their own shuffle buffers, not data.shuffle_buffer",
+                    config.task)
     ds = provider.get_dataset(
         sequence_length=sequence_length,
         split=split,

@@ -365,9 +365,9 @@ def load_example(
     splits = getattr(provider, "splits", None)
     if splits and split not in splits:
         raise ValueError(f"task {task} has no split {split!r}; it has {', '.join(sorted(splits))}")
-    # Cloze tasks declare `tokens` as an output feature and fix their own row length:
-    # a sequence length would make seqio trim those rows. Pretraining tasks need one.
-    lengths = None if "tokens" in provider.output_features else {"tokens": seq_len, "targets": seq_len}
+    # Cloze tasks (no `targets` feature) fix their own row length: a sequence length
+    # would make seqio trim those rows. Pretraining tasks (`targets`) need one.
+    lengths = {"tokens": seq_len, "targets": seq_len} if "targets" in provider.output_features else None
     ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=False, seed=seed, num_epochs=1)
     spec = ds.element_spec
     pad_id = vocab.command_tokens.pad

@@ -80,6 +80,15 @@ class GLMFeatureConverter(seqio.FeatureConverter):
 
     def __call__(self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]) -> tf.data.Dataset:
         """seqio's conversion and validations, after expanding ``{'tokens': T}``."""
+        missing = [name for name in self.TASK_FEATURES if name not in ds.element_spec]
+        if missing:
+            # seqio's own message names only the first missing feature; the usual
+            # cause is a seqio.Mixture, which keeps only its tasks' declared features.
+            raise ValueError(
+                f"GLMFeatureConverter: the dataset lacks the GLM features {missing} (it has "
+                f"{sorted(ds.element_spec)}). A seqio.Mixture keeps only its tasks' declared "
+                "output_features: declare the whole example, as tasks.pretrain.output_features does."
+            )
         return super().__call__(ds, self._expand_lengths(task_feature_lengths))
 
     def _expand_lengths(self, task_feature_lengths: Mapping[str, int]) -> dict[str, int]:

@@ -14,6 +14,13 @@ Each task: text -> tokens (the vocabulary) -> ``[CLS]``-led windows across docum
 (tasks/windows.py) -> one blank-infilling example per window (tasks/objectives.py).
 Feed them to the model through ``tasks.feature_converter.GLMFeatureConverter``.
 
+Every GLM feature is a declared output feature (:func:`output_features`): a
+``seqio.Mixture`` keeps only its tasks' declared features, so this is what lets
+a mixture of these tasks (corpora mixed with rates) reach the feature converter::
+
+    seqio.MixtureRegistry.add("wiki_books", [("glm_pretrain_token_wiki", 1.0),
+                                             ("glm_pretrain_token_books", 3.0)])
+
 Adding a corpus::
 
     from tasks import pretrain, sources
@@ -36,7 +43,7 @@ from typing import Mapping, Optional
 
 import seqio
 
-from tasks import objectives, windows
+from tasks import layout, objectives, windows
 from tasks.objectives import ObjectiveConfig
 from tasks.vocab import EmbeddedVocabulary, GLMVocabulary
 
@@ -50,8 +57,31 @@ OBJECTIVES: Mapping[str, ObjectiveConfig] = {
 }
 
 
+# Sequence features that are not token ids (nothing decodes them); a fixed object
+# so that every task's features compare equal, as a seqio.Mixture requires.
+_NOT_TOKENS = seqio.PassThroughVocabulary(size=0)
+
+
 def task_name(objective: str, source_name: str) -> str:
     return f"glm_pretrain_{objective}_{source_name}"
+
+
+def output_features(vocabulary: GLMVocabulary) -> dict[str, seqio.Feature]:
+    """The pretraining tasks' output features: the whole GLM example (tasks/layout.py).
+
+    ``tokens`` and ``targets`` are ids of ``vocabulary``; ``loss_mask``,
+    ``position_ids``, ``block_position_ids`` (int32 ``[n]``) and ``sep`` (int32
+    scalar) are not. Declared, not just emitted by the preprocessors, because a
+    ``seqio.Mixture`` drops every undeclared feature of its tasks' examples. All
+    are required (every example has them: a custom objective that drops one fails
+    at the task, naming the feature) and none gets an eos (the layout is final).
+    seqio trims the ones named in ``sequence_length`` to that length, which never
+    cuts a pretraining example (they are at most ``T`` long).
+    """
+    features = {name: seqio.Feature(_NOT_TOKENS, add_eos=False) for name in layout.FEATURES}
+    features["tokens"] = features["targets"] = seqio.Feature(vocabulary, add_eos=False)
+    features["sep"] = seqio.Feature(_NOT_TOKENS, add_eos=False, rank=0)
+    return features
 
 
 def _command_preprocessor(fn, vocabulary: GLMVocabulary, **kwargs):
@@ -75,6 +105,7 @@ def register_pretraining_tasks(
     *,
     objective_configs: Optional[Mapping[str, ObjectiveConfig]] = None,
     window_length: Optional[int] = None,
+    shuffle_buffer_size: int = seqio.SHUFFLE_BUFFER_SIZE,
     overwrite: bool = False,
 ) -> list[str]:
     """Register ``glm_pretrain_{objective}_{source_name}`` for each objective.
@@ -86,6 +117,10 @@ def register_pretraining_tasks(
       objective_configs: name -> ObjectiveConfig; default :data:`OBJECTIVES`.
       window_length: tokens per window before blanking; default ``T - 2``
         (tasks/windows.py explains the budget).
+      shuffle_buffer_size: the tasks' own shuffle buffer, in examples. It applies
+        when the caller gives none: in a ``seqio.Mixture`` (whose ``get_dataset``
+        takes no buffer size), not under ``glm-jax train`` on a single task, which
+        passes ``data.shuffle_buffer``.
       overwrite: replace tasks of the same names (else seqio raises on duplicates).
 
     Returns:
@@ -93,6 +128,8 @@ def register_pretraining_tasks(
     """
     if not source_name.replace("_", "").isalnum():
         raise ValueError(f"source_name must be letters, digits and '_', got {source_name!r}")
+    if shuffle_buffer_size < 1:
+        raise ValueError(f"shuffle_buffer_size must be >= 1, got {shuffle_buffer_size}")
     vocabulary = vocabulary if vocabulary is not None else EmbeddedVocabulary()
     names = []
     for objective, config in (objective_configs or OBJECTIVES).items():
@@ -111,7 +148,8 @@ def register_pretraining_tasks(
                     needs_sentence_end=config.sentence_prob > 0,
                 ),
             ],
-            output_features={"targets": seqio.Feature(vocabulary, add_eos=False)},
+            output_features=output_features(vocabulary),
+            shuffle_buffer_size=shuffle_buffer_size,
         )
         names.append(name)
     return names

@@ -87,6 +87,14 @@ def test_overlong_examples_are_truncated():
     assert packed["part_a"].all() and (packed["segment_ids"] == 1).all()
 
 
+def test_missing_glm_features_name_the_mixture_cause():
+    """What a seqio.Mixture of tasks declaring only ``targets`` hands the converter."""
+    ds = tf.data.Dataset.from_tensors({"targets": tf.constant([CT.cls, 11, 12], tf.int32)})
+    with pytest.raises(ValueError, match=r"lacks the GLM features \['tokens', 'loss_mask', 'position_ids', "
+                       r"'block_position_ids', 'sep'\].*seqio.Mixture keeps only"):
+        GLMFeatureConverter(command_tokens=CT)(ds, {"tokens": T})
+
+
 def test_feature_lengths_are_one_number():
     converter = GLMFeatureConverter(pack=True)
     expected = {k: T for k in (*FEATURES, "segment_ids", "part_a")}
