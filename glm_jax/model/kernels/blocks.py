@@ -24,6 +24,9 @@ must be below ``2**31 - 2`` (the two largest int32 values are reserved).
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -151,3 +154,27 @@ def classify_dense(mask: np.ndarray, block_q: int, block_kv: int) -> np.ndarray:
     tiles = mask.reshape(batch, tq // block_q, block_q, tk // block_kv, block_kv)
     anyv, allv = tiles.any(axis=(2, 4)), tiles.all(axis=(2, 4))
     return np.where(allv, FULL, np.where(anyv, PARTIAL, MASKED)).astype(np.int32)
+
+
+def kernel_vjp(forward, backward):
+    """The differentiable attention of a Pallas kernel pair (pallas_gpu, pallas_tpu).
+
+    ``forward(q, k, v, seg, pa, block_q, block_kv, interpret) -> (out, lse)`` and
+    ``backward(q, k, v, seg, pa, out, lse, d_out, block_q, block_kv, interpret) ->
+    (dq, dk, dv)``; the result takes forward's arguments and returns ``out``.
+    """
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+    def attention(q, k, v, seg, pa, block_q, block_kv, interpret):
+        return forward(q, k, v, seg, pa, block_q, block_kv, interpret)[0]
+
+    def attention_fwd(q, k, v, seg, pa, block_q, block_kv, interpret):
+        out, lse = forward(q, k, v, seg, pa, block_q, block_kv, interpret)
+        return out, (q, k, v, seg, pa, out, lse)
+
+    def attention_bwd(block_q, block_kv, interpret, residuals, d_out):
+        q, k, v, seg, pa, out, lse = residuals
+        return (*backward(q, k, v, seg, pa, out, lse, d_out, block_q, block_kv, interpret), None, None)
+
+    attention.defvjp(attention_fwd, attention_bwd)
+    return attention

@@ -313,19 +313,4 @@ def _backward(q, k, v, seg, pa, out, lse, d_out, block_q, block_kv, interpret):
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
-def _attention(q, k, v, seg, pa, block_q, block_kv, interpret):
-    return _forward(q, k, v, seg, pa, block_q, block_kv, interpret)[0]
-
-
-def _attention_fwd(q, k, v, seg, pa, block_q, block_kv, interpret):
-    out, lse = _forward(q, k, v, seg, pa, block_q, block_kv, interpret)
-    return out, (q, k, v, seg, pa, out, lse)
-
-
-def _attention_bwd(block_q, block_kv, interpret, residuals, d_out):
-    q, k, v, seg, pa, out, lse = residuals
-    return (*_backward(q, k, v, seg, pa, out, lse, d_out, block_q, block_kv, interpret), None, None)
-
-
-_attention.defvjp(_attention_fwd, _attention_bwd)
+_attention = blocks.kernel_vjp(_forward, _backward)
