@@ -7,10 +7,14 @@ and imports heavy modules lazily so that ``glm-jax --help`` is instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
+import traceback
 from typing import Callable, Optional, Sequence
+
+from glm_jax import console
 
 
 def _add_convert(subparsers) -> None:
@@ -160,31 +164,95 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="glm-jax",
         description="GLM (autoregressive blank infilling) in JAX/Flax.",
-        epilog="`glm-jax COMMAND --help` lists a command's options with their defaults.",
+        epilog="`glm-jax COMMAND --help` lists a command's options with their defaults. "
+        f"Exit codes: {EXIT_CODES_HELP}.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(subparsers)
     for sub in subparsers.choices.values():
         sub.formatter_class = _HelpFormatter  # one rule for every command's defaults
+        sub.add_argument(
+            "--debug", action="store_true",
+            help="show tracebacks and the native libraries' log lines (also: GLM_JAX_VERBOSE=1)",
+        )
     return parser
 
 
+# Documented in docs/checkpoints.md ("Exit codes"); tests/test_faults.py checks them.
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: please report it with the --debug traceback
+EXIT_USAGE = 2  # bad input: arguments, config, data, files, checkpoints, storage
+EXIT_CODES_HELP = (
+    "0 done; 1 internal error; 2 bad input or storage fault; 3 training diverged (NaN/inf); "
+    "128+N stopped by signal N after saving (143: SIGTERM, 130: Ctrl-C)"
+)
+
+
+def error_line(error: BaseException) -> str:
+    """One line for the user: the message with its continuation lines folded in."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, KeyError) and len(error.args) == 1:
+        text = str(error.args[0])  # KeyError's str() adds quotes
+    return "; ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
+def exit_code_of(error: BaseException) -> int:
+    """The exit code for an exception that ends a command."""
+    from glm_jax.checkpointing import CheckpointError
+    from glm_jax.nonfinite import EXIT_NONFINITE, NonFiniteError
+
+    if isinstance(error, NonFiniteError):
+        return EXIT_NONFINITE
+    if isinstance(error, (ValueError, KeyError, OSError, CheckpointError)):
+        return EXIT_USAGE
+    return EXIT_INTERNAL
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    # TensorFlow (seqio's data pipeline) logs every CUDA probe at INFO; keep warnings.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        # Input problems: one clear line, no traceback.
-        print(f"glm-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    debug = args.debug or console.verbose_requested()
+    if not debug:
+        console.quiet_library_loggers()
+        # TensorFlow (seqio's data pipeline) logs every CUDA probe at INFO; keep warnings.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with contextlib.nullcontext() if debug else console.NativeLogFilter():
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("glm-jax: interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:  # noqa: BLE001  (every error: one line; --debug adds the traceback)
+            if debug:
+                traceback.print_exc()
+            code = exit_code_of(e)
+            message = error_line(e)
+            if code == EXIT_INTERNAL:
+                message = f"internal error: {type(e).__name__}: {message} (rerun with --debug for the traceback)"
+            print(f"glm-jax: error: {message}", file=sys.stderr)
+            return code
+
+
+def entry() -> None:
+    """The ``glm-jax`` console script: :func:`main`, then exit with its code.
+
+    A failed command exits at once, once its output is flushed (``os._exit``):
+    its checkpoints are committed or abandoned by then (the loops wait for their
+    last save), and a library thread left behind by the failure (an orbax save
+    thread waiting on a write that never ends, a tf.data iterator whose
+    finaliser needs the interpreter) must not keep the process alive.
+    """
+    code = main()
+    if code == EXIT_OK:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -318,6 +318,7 @@ def make_train_step(
     length_penalty: float = 0.0,
     num_microbatches: int = 1,
     seed: int = 0,
+    skip_nonfinite: bool = False,
     rules: Any = sharding.LOGICAL_AXIS_RULES,
 ) -> Callable[[train.TrainState, Batch], tuple[train.TrainState, dict[str, jax.Array]]]:
     """The jitted, state-donating update ``(state, batch, answer_window=None) ->
@@ -325,8 +326,9 @@ def make_train_step(
 
     The loss is the mean over the batch's real examples (example_weights) of
     the per-example cloze loss, with dropout. Metrics (device scalars): ``loss``,
-    ``accuracy``, ``grad_norm`` (before clipping), ``examples``, ``tokens``
-    (rows x length) and, with a schedule, ``learning_rate``.
+    ``accuracy``, ``grad_norm``, ``param_norm`` and ``nonfinite``
+    (:func:`glm_jax.train.apply_update`, which ``skip_nonfinite`` is passed to),
+    ``examples``, ``tokens`` (rows x length) and, with a schedule, ``learning_rate``.
     """
     model = GLM(model_config)
     _, state_shardings = train.train_state_shardings(model_config, optimizer, mesh, rules)
@@ -350,18 +352,20 @@ def make_train_step(
                 microbatch_loss, state.params, batch, train.dropout_rng(seed, state.step),
                 num_microbatches=num_microbatches, grad_shardings=state_shardings.params,
             )
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+            loss_value = sums.loss / jnp.maximum(sums.examples, 1.0)
+            new_state, health = train.apply_update(
+                optimizer, state, grads, loss_value, skip_nonfinite=skip_nonfinite
+            )
         metrics = {
-            "loss": sums.loss / jnp.maximum(sums.examples, 1.0),
+            "loss": loss_value,
             "accuracy": sums.correct / jnp.maximum(sums.examples, 1.0),
-            "grad_norm": optax.global_norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads)),
+            **health,
             "examples": sums.examples,
             "tokens": jnp.asarray(math.prod(batch["tokens"].shape), jnp.float32),
         }
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return train.TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return new_state, metrics
 
     return jax.jit(
         train_step,
@@ -449,14 +453,15 @@ def predict(
 
 
 @functools.lru_cache(maxsize=4)
-def steps_for(model_config, optimizer_config, mesh, loss, length_penalty, num_microbatches, seed):
+def steps_for(model_config, optimizer_config, mesh, loss, length_penalty, num_microbatches, seed,
+              skip_nonfinite=False):
     """``(optimizer, train_step, eval_step)`` for an ``OptimizerConfig``, built once per
     settings in a process: a later run with the same settings (a restart, another
     output directory) finds its jitted steps compiled already."""
     optimizer, schedule = make_optimizer(optimizer_config)
     train_step = make_train_step(
         model_config, optimizer, mesh, schedule=schedule, loss=loss, length_penalty=length_penalty,
-        num_microbatches=num_microbatches, seed=seed,
+        num_microbatches=num_microbatches, seed=seed, skip_nonfinite=skip_nonfinite,
     )
     return optimizer, train_step, eval_step_for(model_config, mesh, loss, length_penalty)
 

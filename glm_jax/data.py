@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_TASK = "glm_pretrain_multitask_embedded"
+FILES_SOURCE = "files"  # the source name of the tasks over data.files
+FILE_FORMATS = ("jsonl", "text", "paragraphs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,30 +34,195 @@ class DataConfig:
       pack: pack several examples per row (segment ids + Part A flags).
       seed: seeds seqio's shuffling and every example's blank choice.
       shuffle_buffer: examples in seqio's shuffle buffer.
-      train_split, eval_split: splits for training and held-out evaluation.
+      train_split, eval_split: splits for training and held-out evaluation;
+        ``eval_split: null`` trains without evaluating.
+      files: your own corpus, without a launcher: file patterns of the train
+        split (a string or a list). glm-jax registers the pretraining tasks over
+        them as ``glm_pretrain_<objective>_files`` (tasks/pretrain.py), and a
+        ``data.task`` left at its default becomes ``glm_pretrain_multitask_files``.
+      validation_files: patterns of the validation split; without them the run
+        does not evaluate (``eval_split`` becomes null).
+      format: ``jsonl`` (a ``text`` field per line, the official GLM format),
+        ``text`` (one document per line) or ``paragraphs`` (documents separated
+        by blank lines).
+      on_error: a bad document in ``files``: ``raise`` (stop the run, naming
+        file and line) or ``skip`` (drop it, count it in a warning).
     """
 
-    task: str = "glm_pretrain_multitask_embedded"
+    task: str = DEFAULT_TASK
     sequence_length: int = 128
     pack: bool = False
     seed: int = 0
     shuffle_buffer: int = 10_000
     train_split: str = "train"
-    eval_split: str = "validation"
+    eval_split: Optional[str] = "validation"
+    # One pattern (``data.files=data/wiki-*.jsonl``) or a list of them.
+    files: Union[str, tuple[str, ...], None] = None
+    validation_files: Union[str, tuple[str, ...], None] = None
+    format: str = "jsonl"
+    on_error: str = "raise"
 
     def __post_init__(self):
+        if self.format not in FILE_FORMATS:
+            raise ValueError(f"data.format must be one of {FILE_FORMATS}, got {self.format!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {self.on_error!r}")
+        for key in ("files", "validation_files"):
+            value = getattr(self, key)
+            if isinstance(value, str):  # one pattern given as a string
+                object.__setattr__(self, key, (value,))
+        if self.validation_files and not self.files:
+            raise ValueError("data.validation_files is set but data.files is not")
+        if self.files:
+            # Frozen dataclass: resolving the defaults that data.files implies.
+            if self.task == DEFAULT_TASK:
+                object.__setattr__(self, "task", f"glm_pretrain_multitask_{FILES_SOURCE}")
+            elif not self.task.endswith(f"_{FILES_SOURCE}"):
+                raise ValueError(
+                    f"data.files is set, so data.task must be one of its tasks, glm_pretrain_<objective>_"
+                    f"{FILES_SOURCE} (objectives: token, sentence, document, multitask, doc, sent); got {self.task!r}"
+                )
+            if not self.validation_files and self.eval_split == "validation":
+                object.__setattr__(self, "eval_split", None)
         if self.sequence_length < 8:
             raise ValueError(f"data.sequence_length must be >= 8, got {self.sequence_length}")
         if self.shuffle_buffer < 1:
             raise ValueError(f"data.shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
 
 
+class DataError(ValueError):
+    """The data cannot be read; one line naming the file and line (or the task)."""
+
+
+def register_tasks(config: DataConfig) -> None:
+    """Registers what ``config`` reads beyond the built-in tasks: the tasks over
+    ``data.files``. Idempotent (registering again replaces them)."""
+    import tasks  # noqa: F401  (registers the built-in tasks)
+
+    if config.files:
+        from tasks import pretrain
+
+        pretrain.register_file_tasks(
+            FILES_SOURCE, config.files, config.validation_files, file_format=config.format, on_error=config.on_error
+        )
+
+
+def _provider_sources(provider) -> list:
+    """The seqio DataSources of a task or (recursively) of a mixture's tasks."""
+    import seqio
+
+    if isinstance(provider, seqio.Mixture):
+        return [source for task in provider.tasks for source in _provider_sources(task)]
+    return [provider.source]
+
+
+def check_splits(config: DataConfig) -> None:
+    """Before any work: the task exists and has the splits the run will read.
+
+    Raises:
+      DataError: naming the missing split, the task's splits and the config key.
+    """
+    import seqio
+
+    register_tasks(config)
+    provider = seqio.get_mixture_or_task(config.task)  # raises with the known names if absent
+    wanted = {"data.train_split": config.train_split, "data.eval_split": config.eval_split}
+    for source in _provider_sources(provider):
+        splits = list(source.splits)
+        for key, split in wanted.items():
+            if split is not None and split not in splits:
+                hint = " (or data.eval_split=null to train without evaluation)" if key == "data.eval_split" else ""
+                raise DataError(
+                    f"data.task={config.task}: {source} has no split {split!r} (it has {splits}): "
+                    f"set {key} to one of them{hint}"
+                )
+
+
+class CheckedIterator:
+    """Iterates a tf.data pipeline so that a data error ends the run cleanly.
+
+    A bad document (tasks/sources.py ends its stream and records the error
+    instead of raising inside tf.data) or any error of the pipeline's own ops
+    arrives as one :class:`DataError` line. Before raising, the pipeline's
+    iterator is released: a tf.data iterator over Python-read data that is still
+    alive when the interpreter exits deadlocks in its finaliser, which is how a bad
+    line used to hang the process. ``save``/``restore`` (or ``get_state``/
+    ``set_state``) pass through to the wrapped iterator for checkpoints.
+
+    Args:
+      iterator: the pipeline iterator (a checkpointable one, or a plain iterator).
+      provider: the seqio task or mixture it reads, whose sources are asked for a
+        recorded bad document.
+      endless: the stream never ends by itself (training); if it does, that is an
+        error too.
+    """
+
+    def __init__(self, iterator, provider, *, endless: bool):
+        self._iterator = iterator
+        self._provider = provider
+        self._endless = endless
+
+    @property
+    def inner(self):
+        """The wrapped iterator (None once an error released it)."""
+        return self._iterator
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import tensorflow as tf
+
+        if self._iterator is None:
+            raise StopIteration
+        failure = None
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            failure = self._recorded_error()
+            if failure is None and self._endless:
+                failure = f"data.task={self._provider.name}: the training data ended (is the train split empty?)"
+            if failure is None:
+                raise
+        except tf.errors.OpError as e:
+            failure = self._recorded_error() or f"data.task={self._provider.name}: {_first_line(e.message)}"
+        # Raised outside the except block, with the pipeline released: the new
+        # exception must not hold the old one's frames (and through them the iterator).
+        self._iterator = None
+        raise DataError(failure)
+
+    def _recorded_error(self):
+        for source in _provider_sources(self._provider):
+            take = getattr(source, "take_error", None)
+            error = take() if take is not None else None
+            if error is not None:
+                return str(error)
+        return None
+
+    # Checkpointing passes through (glm_jax.checkpointing.as_iterator_state).
+    def save(self, directory):
+        from glm_jax.checkpointing import as_iterator_state
+
+        as_iterator_state(self._iterator).save(directory)
+
+    def restore(self, directory):
+        from glm_jax.checkpointing import as_iterator_state
+
+        as_iterator_state(self._iterator).restore(directory)
+
+
+def _first_line(message: str) -> str:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    return lines[0] if lines else "unknown error"
+
+
 def _dataset(config: DataConfig, split: str, local_batch: int, *, train: bool, shard: Optional[tuple[int, int]]):
     import seqio
     import tensorflow as tf
 
-    import tasks  # noqa: F401  (registers the tasks)
     from tasks.feature_converter import GLMFeatureConverter
+
+    register_tasks(config)
 
     # tf.data runs on the host: keep TensorFlow off the accelerators JAX uses (else
     # it would reserve GPU memory for itself).
@@ -96,15 +266,17 @@ def train_batches(config: DataConfig, local_batch: int, shard: Optional[tuple[in
         return _dataset(config, config.train_split, local_batch, train=True, shard=shard)
 
     ds = pipeline()
+    provider = _provider(config.task)
     if _serializable(ds):
-        return TfDataIteratorState(iter(ds))
+        return CheckedIterator(TfDataIteratorState(iter(ds)), provider, endless=True)
     # Sources read in Python (text files, JSON lines, official tokenizers through
     # tf.numpy_function) make the pipeline stateful, and tf.data refuses to save its
     # position. The pipeline is deterministic for a seed, so a restore rebuilds it
     # and skips the batches already consumed. Rebuilt, not reused: a second iterator
     # over the same dataset object would draw a new shuffle order from its seed.
     logger.info("data: %s cannot be saved as tf.data state; checkpoints record the batches consumed", config.task)
-    return SkippingIterator(lambda consumed: iter(ds if consumed == 0 else pipeline().skip(consumed)))
+    skipping = SkippingIterator(lambda consumed: iter(ds if consumed == 0 else pipeline().skip(consumed)))
+    return CheckedIterator(skipping, provider, endless=True)
 
 
 def _serializable(ds) -> bool:
@@ -123,8 +295,16 @@ def _serializable(ds) -> bool:
 def eval_batches(config: DataConfig, local_batch: int, shard: Optional[tuple[int, int]] = None) -> Iterator:
     """One pass over the held-out split, as numpy batches (deterministic order)."""
     shard = shard if shard is not None else _process_shard()
+    if config.eval_split is None:
+        raise ValueError("data.eval_split is null: this run has no evaluation data")
     ds = _dataset(config, config.eval_split, local_batch, train=False, shard=shard)
-    return ds.as_numpy_iterator()
+    return CheckedIterator(ds.as_numpy_iterator(), _provider(config.task), endless=False)
+
+
+def _provider(task: str):
+    import seqio
+
+    return seqio.get_mixture_or_task(task)
 
 
 def _process_shard() -> tuple[int, int]:

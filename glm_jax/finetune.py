@@ -33,10 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glm_jax import cloze, multihost, sharding, train
+from glm_jax import cloze, multihost, nonfinite, sharding, train
 from glm_jax import metrics as metrics_lib
 from glm_jax.checkpointing import CheckpointConfig, Checkpointer, install_preemption_handler
 from glm_jax.model import ModelConfig
+from glm_jax.model.config import RUNTIME_FIELDS, architecture_changes
 from glm_jax.optim import OptimizerConfig
 from glm_jax.sharding import MeshConfig
 
@@ -49,12 +50,8 @@ BEST_RECORD = "best.json"
 # `glm-jax eval` scores the model with the same task settings.
 RUN_CONFIG = "finetune.yaml"
 
-# ModelConfig fields a fine-tuning run may change from the starting model's: numerics
-# and regularisation. Everything else shapes the parameters.
-RUNTIME_MODEL_FIELDS = (
-    "embedding_dropout", "attention_dropout", "hidden_dropout", "dtype", "remat_policy", "attention_backend",
-    "attention_block_size",
-)
+# ModelConfig fields a fine-tuning run may change from the starting model's.
+RUNTIME_MODEL_FIELDS = RUNTIME_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +77,7 @@ class FinetuneConfig:
       seed: seeds the shuffling (``seed + epoch``) and the dropout masks.
       output_dir: checkpoints/, logs/, eval/epoch_N/ predictions, best/, best.json.
       log_every: steps between progress lines.
+      on_nonfinite, max_consecutive_skips: as in ``train`` (glm_jax/nonfinite.py).
     """
 
     task: Optional[str] = None
@@ -98,8 +96,11 @@ class FinetuneConfig:
     seed: int = 0
     output_dir: str = "runs/finetune"
     log_every: int = 10
+    on_nonfinite: str = "stop"
+    max_consecutive_skips: int = 10
 
     def __post_init__(self):
+        nonfinite.check_policy(self.on_nonfinite, self.max_consecutive_skips, "finetune")
         for name in ("epochs", "batch_size", "eval_batch_size", "num_microbatches", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"finetune.{name} must be positive, got {getattr(self, name)}")
@@ -140,15 +141,11 @@ class FinetuneRunConfig:
 
 def check_same_architecture(run: ModelConfig, pretrained: ModelConfig, where: str) -> None:
     """ValueError naming every model field outside RUNTIME_MODEL_FIELDS that differs."""
-    diffs = [
-        f"model.{f.name}: {getattr(run, f.name)!r} (the model directory has {getattr(pretrained, f.name)!r})"
-        for f in dataclasses.fields(ModelConfig)
-        if f.name not in RUNTIME_MODEL_FIELDS and getattr(run, f.name) != getattr(pretrained, f.name)
-    ]
+    diffs = architecture_changes(run, pretrained)
     if diffs:
         raise ValueError(
-            f"the fine-tuning config changes the architecture of {where}; only "
-            f"{', '.join(RUNTIME_MODEL_FIELDS)} may differ:\n  " + "\n  ".join(diffs)
+            f"the fine-tuning config changes the architecture of {where} ({'; '.join(diffs)}); only "
+            f"{', '.join(RUNTIME_MODEL_FIELDS)} may differ"
         )
 
 
@@ -223,7 +220,8 @@ def run(
     # The schedule spans the whole run; the saved configs say so.
     config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, decay_steps=total))
     optimizer, train_step, eval_step = cloze.steps_for(
-        config.model, config.optimizer, mesh, ft.loss, ft.length_penalty, ft.num_microbatches, ft.seed
+        config.model, config.optimizer, mesh, ft.loss, ft.length_penalty, ft.num_microbatches, ft.seed,
+        ft.on_nonfinite == "skip_step",
     )
     abstract_state, state_shardings = train.train_state_shardings(config.model, optimizer, mesh)
     target = jax.tree.map(
@@ -236,6 +234,7 @@ def run(
     writer = metrics_lib.MetricsWriter(output_dir / "logs", enabled=is_main)
     history: list[dict[str, float]] = []
     stopped_early = False
+    guard = nonfinite.NonFiniteGuard(ft.on_nonfinite, ft.max_consecutive_skips, "finetune")
     with install_preemption_handler(), Checkpointer(ckpt_config) as checkpointer:
         restored = checkpointer.restore_latest(target)
         if restored is None:
@@ -275,17 +274,21 @@ def run(
                 state, step_metrics = train_step(state, batch, window)
                 step += 1
                 interval.append(step_metrics)
+                guard.observe(step, step_metrics)
                 epoch_end = step % steps_per_epoch == 0
                 if step % ft.log_every == 0 or epoch_end:
                     history.append(_log_interval(step, epoch, interval, progress, writer, print_fn))
                     interval = []
+                stop = checkpointer.should_stop(step)
+                if stop or epoch_end or checkpointer.would_save(step):
+                    # A NaN state is never saved, evaluated or exported (glm_jax/nonfinite.py).
+                    guard.check(checkpointer.describe_latest())
+                    checkpointer.save(step, state, config=config, force=stop or epoch_end)
                 if epoch_end:
                     record = _evaluate_epoch(config, data, eval_step, state, step, epoch + 1, mesh, writer, print_fn)
                     history.append(record)
                     best = _keep_best(config, record, best, state.params, tokenizer, print_fn)
-                checkpointer.save(step, state, config=config, force=epoch_end)
-                if checkpointer.should_stop(step):
-                    checkpointer.save(step, state, config=config, force=True)
+                if stop:
                     print_fn(f"preempted: saved step {step} and stopping")
                     stopped_early = True
                     break
@@ -327,7 +330,9 @@ def _log_interval(step, epoch, interval, progress, writer, print_fn) -> dict[str
         "loss": sum(m["loss"] * m["examples"] for m in host) / examples,
         "accuracy": sum(m["accuracy"] * m["examples"] for m in host) / examples,
         "grad_norm": host[-1]["grad_norm"],
+        "param_norm": host[-1]["param_norm"],
         "learning_rate": host[-1].get("learning_rate", float("nan")),
+        "skipped_steps": sum(m["nonfinite"] for m in host),
     }
     rates = progress.update(step, sum(m["tokens"] for m in host))
     record.update(rates)

@@ -100,6 +100,11 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     _add_common(parser)
     parser.set_defaults(command="finetune")
     parser.add_argument("--output-dir", default=None, help="run directory (default: the config's finetune.output_dir)")
+    parser.add_argument(
+        "--preempted-exit-code", type=int, default=None,
+        help="exit code after a preemption signal was handled by saving (default: 128 + the signal: 143 "
+        "for SIGTERM, 130 for Ctrl-C)",
+    )
     return parser
 
 
@@ -132,6 +137,7 @@ def load_run_config(args: argparse.Namespace) -> tuple[Any, Any, str]:
     if args.task.lower() not in {t.lower() for t in TASKS}:
         known = ", ".join(t.lower() for t in TASKS)
         raise ValueError(f"--task {args.task}: not a SuperGLUE task; expected one of {known}")
+    model_dir.check_model_dir(args.checkpoint)
     pretrained = model_dir.read_config(Path(args.checkpoint) / model_dir.CONFIG_FILE)
     source = args.config or _stored_config(args) or f"finetune/{args.task.lower()}"
     flags = [f"finetune.task={args.task.lower()}"]
@@ -223,9 +229,11 @@ def absolute_tokenizer(checkpoint: str) -> Any:
 
 
 def cli_finetune(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> int:
-    from glm_jax import finetune, model_dir, sharding
+    from glm_jax import finetune, model_dir, run_dir, sharding
+    from glm_jax.checkpointing import preempted_exit_code
 
     config, _, source = load_run_config(args)
+    run_dir.check_writable(config.finetune.output_dir, "finetune.output_dir")
     print_fn(f"# resolved config ({source} over {args.checkpoint})\n{config}")
     vocabulary = model_dir.load_vocabulary(args.checkpoint)
     task_name = register_task(config, vocabulary)
@@ -235,6 +243,8 @@ def cli_finetune(args: argparse.Namespace, print_fn: Callable[[str], None] = pri
         config, data, lambda shardings: model_dir.load_model_dir(args.checkpoint, shardings=shardings)[1],
         tokenizer=absolute_tokenizer(args.checkpoint), print_fn=print_fn,
     )
+    if result.stopped_early:
+        return preempted_exit_code() if args.preempted_exit_code is None else args.preempted_exit_code
     if result.best is not None and not result.stopped_early:
         print_fn(f"try:\n  glm-jax eval --task {config.finetune.task} --checkpoint "
                  f"{Path(config.finetune.output_dir) / finetune.BEST_DIR}"

@@ -161,6 +161,9 @@ def cli_generate(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     if args.context_length is not None and args.context_length < 1:
         raise ValueError(f"--context-length must be >= 1, got {args.context_length}")
     prompts = read_prompts(args.prompts, args.input_file)
+    from glm_jax.model_dir import check_model_dir
+
+    check_model_dir(args.checkpoint)
     vocab, kind, recorded_style = resolve_vocabulary(args)
 
     from glm_jax.decoding import layout

@@ -127,6 +127,8 @@ class Progress:
         for key in ("loss", "accuracy", "grad_norm", "learning_rate"):
             if key in metrics:
                 parts.append(f"{key} {_fmt(metrics[key])}")
+        if metrics.get("skipped_steps"):
+            parts.append(f"skipped {int(metrics['skipped_steps'])} non-finite step(s)")
         parts.append(f"tokens/s {rates['tokens_per_s']:,.0f}")
         if "mfu" in rates:
             parts.append(f"MFU {100 * rates['mfu']:.1f}%")

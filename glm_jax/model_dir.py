@@ -125,6 +125,7 @@ def replace_model_dir(
       extra_files: ``{file name: text}`` written into the directory too.
     """
     final = Path(path)
+    remove_stale_exports(final)
     staging = final.with_name(f"{final.name}.tmp-{os.getpid()}")
     if staging.exists():
         shutil.rmtree(staging)
@@ -147,6 +148,55 @@ def vocab_file(path: PathLike) -> Optional[Path]:
     return candidate if candidate.is_file() else None
 
 
+def missing_parts(path: PathLike) -> list[str]:
+    """What ``path`` lacks to be a model directory (empty: it is one)."""
+    path = Path(path)
+    if not path.exists():
+        return [f"{path} does not exist"]
+    if not path.is_dir():
+        return [f"{path} is a file, not a directory"]
+    return [name for name in (CONFIG_FILE, PARAMS_DIR + "/") if not (path / name.rstrip("/")).exists()]
+
+
+def is_model_dir(path: PathLike) -> bool:
+    return not missing_parts(path)
+
+
+def check_model_dir(path: PathLike, option: str = "--checkpoint") -> Path:
+    """``path`` as a Path if it is a model directory; else FileNotFoundError saying
+    what is missing, and where the model is when ``path`` is a run directory."""
+    path = Path(path)
+    missing = missing_parts(path)
+    if not missing:
+        return path
+    hint = ""
+    for candidate in ("model", "best"):  # glm-jax train / glm-jax finetune exports
+        if is_model_dir(path / candidate):
+            hint = f"; it is a run directory: use {option} {path / candidate}"
+            break
+    else:
+        if path.is_dir():
+            hint = "; make one with `glm-jax train`, `glm-jax finetune` or `glm-jax convert`"
+    what = missing[0] if len(missing) == 1 and " " in missing[0] else f"missing {', '.join(missing)}"
+    raise FileNotFoundError(f"{option} {path} is not a glm-jax model directory: {what}{hint}")
+
+
+def remove_stale_exports(path: PathLike) -> None:
+    """Cleans up after an export that was killed: restores ``<name>.old-<pid>`` if the
+    final directory is missing (the kill came between the two renames), then removes
+    every other ``<name>.tmp-<pid>`` and ``<name>.old-<pid>`` beside ``path``."""
+    final = Path(path)
+    if not final.parent.is_dir():
+        return
+    leftovers = sorted(final.parent.glob(f"{final.name}.tmp-*")) + sorted(final.parent.glob(f"{final.name}.old-*"))
+    for old in [p for p in leftovers if ".old-" in p.name]:
+        if not final.exists() and is_model_dir(old):
+            old.rename(final)
+    for leftover in leftovers:
+        if leftover.exists() and leftover.name != f"{final.name}.tmp-{os.getpid()}":
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def load_model_dir(path: PathLike, *, shardings: Optional[Any] = None) -> tuple[ModelConfig, dict[str, Any]]:
     """Read a glm-jax model directory.
 
@@ -164,7 +214,7 @@ def load_model_dir(path: PathLike, *, shardings: Optional[Any] = None) -> tuple[
       ValueError: config.yaml is malformed (the bad key named), or the stored params
         do not match it (the bad path named).
     """
-    path = Path(path)
+    path = check_model_dir(path, option="model directory")
     config = read_config(path / CONFIG_FILE)
     params_dir = (path / PARAMS_DIR).resolve()
     if not params_dir.is_dir():
@@ -419,7 +469,7 @@ def load_vocabulary(path: PathLike) -> Any:
         the vocabulary does not fit the model's vocab_size (both named).
       FileNotFoundError: config.yaml or a tokenizer file is missing.
     """
-    path = Path(path)
+    path = check_model_dir(path, option="model directory")
     tokenizer = read_tokenizer(path)
     if tokenizer is None:
         raise ValueError(

@@ -26,6 +26,8 @@ from typing import Any, Optional, Sequence, TextIO
 
 import numpy as np
 
+from glm_jax.data import CheckedIterator
+
 #: Short display names of the command tokens (the official literals are long).
 _COMMAND_NAMES = (
     ("eos", "[eos]"), ("pad", "[pad]"), ("cls", "[CLS]"), ("mask", "[MASK]"), ("smask", "[sMASK]"),
@@ -321,8 +323,9 @@ def _vocabulary(provider) -> Any:
                      f"its output features {sorted(features)}")
 
 
-def _nth(ds, index: int, what: str) -> dict[str, np.ndarray]:
-    example = next(ds.skip(index).take(1).as_numpy_iterator(), None)
+def _nth(ds, index: int, what: str, provider) -> dict[str, np.ndarray]:
+    # CheckedIterator: a bad document is one DataError line, never a hang.
+    example = next(CheckedIterator(ds.skip(index).take(1).as_numpy_iterator(), provider, endless=False), None)
     if example is None:
         raise ValueError(f"{what} has no example {index} (it has fewer than {index + 1})")
     return example
@@ -376,7 +379,7 @@ def load_example(
 
     if all(ranks.get(n) == 1 for n in _SEQUENCES) and ranks.get("sep") == 0:
         converter = GLMFeatureConverter(pack=pack, command_tokens=vocab.command_tokens)
-        ex = _nth(converter(ds, {"tokens": seq_len}), index, where + (" (packed rows)" if pack else ""))
+        ex = _nth(converter(ds, {"tokens": seq_len}), index, where + (" (packed rows)" if pack else ""), provider)
         seq = {n: np.asarray(ex[n]) for n in _SEQUENCES}
         if pack:
             return ExampleRow(**seq, segment_ids=ex["segment_ids"], part_a=ex["part_a"].astype(bool),
@@ -386,7 +389,7 @@ def load_example(
     if all(n in ranks for n in _CLOZE_FEATURES) and ranks["tokens"] in (1, 2):
         if pack:
             raise ValueError(f"--pack needs pretraining-style examples; {task} gives cloze rows")
-        ex = _nth(ds, index, where)
+        ex = _nth(ds, index, where, provider)
         if ranks["tokens"] == 2:  # one row per candidate
             n = ex["tokens"].shape[0]
             if candidate >= n:

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from glm_jax import sharding
+from glm_jax import nonfinite, sharding
 from glm_jax.model import GLM, ModelConfig
 
 Batch = dict[str, jax.Array]
@@ -61,6 +61,10 @@ class TrainConfig:
       eval_batches: batches per evaluation.
       peak_tflops: the accelerator's peak (bf16) TFLOP/s per device, for MFU; None
         looks the device kind up in glm_jax.trainer.PEAK_TFLOPS (CPU: no MFU).
+      on_nonfinite: a step whose loss or gradient is NaN/inf: ``stop`` the run
+        before anything after it is saved, or ``skip_step`` (leave the state
+        unchanged); glm_jax/nonfinite.py.
+      max_consecutive_skips: with ``skip_step``, stop after this many in a row.
     """
 
     global_batch_size: int = 1024
@@ -72,8 +76,11 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int = 8
     peak_tflops: Optional[float] = None
+    on_nonfinite: str = "stop"
+    max_consecutive_skips: int = 10
 
     def __post_init__(self):
+        nonfinite.check_policy(self.on_nonfinite, self.max_consecutive_skips, "train")
         for name in ("global_batch_size", "num_microbatches", "steps", "log_every", "eval_batches"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
@@ -379,6 +386,35 @@ def check_batch_divisible(size: int, mesh: Mesh, num_microbatches: int, microbat
         )
 
 
+def apply_update(
+    optimizer: optax.GradientTransformation,
+    state: TrainState,
+    grads: Any,
+    loss: jax.Array,
+    *,
+    skip_nonfinite: bool = False,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer update of ``state``, and its health metrics.
+
+    Returns the next state (``step + 1``) and ``grad_norm`` (global, before
+    clipping), ``param_norm`` (after the update) and ``nonfinite``: 1.0 when the
+    loss, the gradient norm or the updated parameters' norm is NaN or infinite
+    (glm_jax/nonfinite.py acts on it). With ``skip_nonfinite`` such a step keeps
+    the old parameters and optimizer state; only the step count advances.
+    """
+    grad_norm = optax.global_norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads))
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    param_norm = optax.global_norm(jax.tree.map(lambda p: p.astype(jnp.float32), params))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    if skip_nonfinite:
+        params, opt_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (params, opt_state), (state.params, state.opt_state)
+        )
+    metrics = {"grad_norm": grad_norm, "param_norm": param_norm, "nonfinite": 1.0 - finite.astype(jnp.float32)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
 def make_train_step(
     model_config: ModelConfig,
     optimizer: optax.GradientTransformation,
@@ -387,6 +423,7 @@ def make_train_step(
     schedule: Optional[Callable[[Any], jax.Array]] = None,
     num_microbatches: int = 1,
     seed: int = 0,
+    skip_nonfinite: bool = False,
     rules: Any = sharding.LOGICAL_AXIS_RULES,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """The jitted update ``(state, batch) -> (new_state, metrics)``.
@@ -398,11 +435,13 @@ def make_train_step(
       schedule: if given, ``metrics['learning_rate']`` is ``schedule(state.step)``.
       num_microbatches: gradient accumulation steps (``train.num_microbatches``).
       seed: ``train.seed``; dropout uses :func:`dropout_rng` of (seed, step).
+      skip_nonfinite: ``train.on_nonfinite == 'skip_step'`` (:func:`apply_update`).
 
     The state argument is donated: do not use it after the call. Metrics are device
     arrays (no host sync): ``loss`` (token-level mean CE), ``accuracy`` (on the loss
-    tokens), ``grad_norm`` (global, before clipping), ``learning_rate`` (with a
-    schedule), ``loss_tokens`` (sum of loss_mask) and ``tokens`` (B * T).
+    tokens), ``grad_norm``, ``param_norm`` and ``nonfinite`` (:func:`apply_update`),
+    ``learning_rate`` (with a schedule), ``loss_tokens`` (sum of loss_mask) and
+    ``tokens`` (B * T).
     """
     model = GLM(model_config)
     _, state_shardings = train_state_shardings(model_config, optimizer, mesh, rules)
@@ -418,18 +457,18 @@ def make_train_step(
                 num_microbatches=num_microbatches,
                 grad_shardings=state_shardings.params,
             )
-            updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-            params = optax.apply_updates(state.params, updates)
+            loss = _mean(sums.ce, sums.loss_tokens)
+            new_state, health = apply_update(optimizer, state, grads, loss, skip_nonfinite=skip_nonfinite)
         metrics = {
-            "loss": _mean(sums.ce, sums.loss_tokens),
+            "loss": loss,
             "accuracy": _mean(sums.correct, sums.loss_tokens),
-            "grad_norm": optax.global_norm(jax.tree.map(lambda g: g.astype(jnp.float32), grads)),
+            **health,
             "loss_tokens": sums.loss_tokens,
             "tokens": jnp.asarray(math.prod(batch["tokens"].shape), jnp.int32),
         }
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return new_state, metrics
 
     return jax.jit(
         train_step,

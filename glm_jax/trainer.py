@@ -21,6 +21,7 @@ from glm_jax import metrics as metrics_lib
 from glm_jax import multihost, sharding, train
 from glm_jax.checkpointing import Checkpointer, as_iterator_state, install_preemption_handler
 from glm_jax.config import Config, to_yaml
+from glm_jax.nonfinite import NonFiniteGuard
 from glm_jax.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ def run(
         data_state = None
         logger.warning("train_data cannot be checkpointed: a resumed run will not see the same batches")
 
-    writer = metrics_lib.MetricsWriter(output_dir / "logs", enabled=is_main)
+    guard = NonFiniteGuard(tc.on_nonfinite, tc.max_consecutive_skips, "train")
     history: list[dict[str, float]] = []
     stopped_early = False
     with install_preemption_handler(), Checkpointer(ckpt_config) as checkpointer:
@@ -134,11 +135,18 @@ def run(
         if is_main:
             (output_dir).mkdir(parents=True, exist_ok=True)
             (output_dir / "config.yaml").write_text(to_yaml(config))
+        # Opened once a state is in hand: a run that cannot start leaves no event file.
+        writer = metrics_lib.MetricsWriter(output_dir / "logs", enabled=is_main)
         n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state.params))
         print_fn(
             f"training {n_params:,} parameters on {jax.device_count()} {jax.devices()[0].platform} device(s), "
             f"mesh {dict(mesh.shape)}, steps {start_step}->{tc.steps}, global batch {tc.global_batch_size}"
         )
+
+        def check_health() -> int:
+            # Before anything leaves the device for good (a save, an export, an
+            # evaluation record): a NaN state is never kept (glm_jax/nonfinite.py).
+            return guard.check(checkpointer.describe_latest())
 
         progress = None
         interval: list[dict[str, jax.Array]] = []
@@ -154,22 +162,26 @@ def run(
             state, step_metrics = train_step(state, batch)
             step += 1
             interval.append(step_metrics)
+            guard.observe(step, step_metrics)
             if step % tc.log_every == 0 or step == tc.steps:
                 record = _log_interval(step, interval, progress, writer, print_fn)
                 history.append(record)
                 interval = []
-            if eval_data is not None and tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
-                history.append(_run_eval(step, eval_step, state, eval_data, mesh, tc, writer, print_fn))
-            checkpointer.save(step, state, data_iterator=data_state, config=config)
-            if checkpointer.should_stop(step):
-                checkpointer.save(step, state, data_iterator=data_state, config=config, force=True)
+                check_health()
+            stop = checkpointer.should_stop(step)
+            if stop or step == tc.steps or checkpointer.would_save(step):
+                check_health()
+                # The last step is saved before the final evaluation, which may fail.
+                checkpointer.save(step, state, data_iterator=data_state, config=config, force=stop or step == tc.steps)
+            if stop:
                 print_fn(f"preempted: saved step {step} and stopping")
                 stopped_early = True
                 break
-        if not stopped_early:
-            if eval_data is not None:
+            if eval_data is not None and tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+                check_health()
                 history.append(_run_eval(step, eval_step, state, eval_data, mesh, tc, writer, print_fn))
-            checkpointer.save(step, state, data_iterator=data_state, config=config, force=True)
+        if not stopped_early and step > start_step and eval_data is not None:
+            history.append(_run_eval(step, eval_step, state, eval_data, mesh, tc, writer, print_fn))
     writer.close()
     if is_main:
         # logs/loss_curve.png beside the TensorBoard events; never fails the run (warns instead).
@@ -188,7 +200,9 @@ def _log_interval(step, interval, progress, writer, print_fn) -> dict[str, float
         "loss": sum(m["loss"] * m["loss_tokens"] for m in host) / max(loss_tokens, 1.0),
         "accuracy": sum(m["accuracy"] * m["loss_tokens"] for m in host) / max(loss_tokens, 1.0),
         "grad_norm": host[-1]["grad_norm"],
+        "param_norm": host[-1]["param_norm"],
         "learning_rate": host[-1].get("learning_rate", float("nan")),
+        "skipped_steps": sum(m["nonfinite"] for m in host),
     }
     rates = progress.update(step, tokens)
     record.update(rates)

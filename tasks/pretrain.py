@@ -39,7 +39,7 @@ restoring continues from there.
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import seqio
 
@@ -161,3 +161,38 @@ def register_embedded(overwrite: bool = False) -> list[str]:
     from tasks.sources import EmbeddedCorpusSource
 
     return register_pretraining_tasks("embedded", EmbeddedCorpusSource(), overwrite=overwrite)
+
+
+def register_file_tasks(
+    source_name: str,
+    train_files: Sequence[str],
+    validation_files: Optional[Sequence[str]] = None,
+    *,
+    file_format: str = "jsonl",
+    on_error: str = "raise",
+) -> list[str]:
+    """The pretraining tasks over local (or gs://) files, as ``glm-jax train
+    data.files=...`` asks: JSON lines (``jsonl``), one document per line
+    (``text``) or blank-line separated documents (``paragraphs``), with the
+    embedded vocabulary. Registering again replaces the tasks."""
+    from tasks import sources
+
+    splits = {"train": list(train_files)}
+    if validation_files:
+        splits["validation"] = list(validation_files)
+    if file_format == "jsonl":
+        source = sources.JsonLinesSource(splits, on_error=on_error)
+    elif file_format in ("text", "paragraphs"):
+        documents = "line" if file_format == "text" else "paragraph"
+        source = sources.TextFileSource(splits, documents=documents, on_error=on_error)
+    else:
+        raise ValueError(f"data.format must be jsonl, text or paragraphs, got {file_format!r}")
+    names = [task_name(objective, source_name) for objective in OBJECTIVES]
+    registered = seqio.TaskRegistry.names()
+    if all(name in registered for name in names):
+        current = seqio.get_mixture_or_task(names[0]).source
+        if (type(current), str(current), getattr(current, "_on_error", None)) == (type(source), str(source), on_error):
+            # Already registered: keep those source objects, which hold the
+            # pipelines' recorded errors (glm_jax.data.CheckedIterator reads them).
+            return names
+    return register_pretraining_tasks(source_name, source, overwrite=True)

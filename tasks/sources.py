@@ -25,8 +25,12 @@ Bad input (policy; tests/test_sources.py checks every case):
   * A bad document: a line that is not UTF-8; in JSON lines, a line that is not
     valid JSON, not an object, lacks the text field or holds a non-string there.
     ``on_error='raise'`` (default): :class:`BadDocumentError`, a ``ValueError``
-    whose message starts ``path:line:``. Through tf.data it arrives as
-    ``tf.errors.InvalidArgumentError`` carrying that message.
+    whose message starts ``path:line:``. ``iter_documents`` raises it; the
+    tf.data pipeline of ``get_dataset`` instead ends its stream there and records
+    the error, which ``take_error()`` returns (glm_jax.data.CheckedIterator raises
+    it as one line). An exception raised inside tf.data is logged with a
+    traceback by every stage it crosses, and the pipeline's iterator then hangs
+    the interpreter's exit; ending the stream has neither problem.
     ``on_error='skip'``: the document is dropped and counted, and one warning at
     the end of each pass gives the count and the first few ``path:line: reason``.
   * Documents that are empty or only whitespace (a JSON ``"text": ""``) carry no
@@ -107,7 +111,14 @@ class _FileDocumentSource(seqio.DataSource, metaclass=abc.ABCMeta):
             raise ValueError("split_to_filepattern is empty: give at least one split")
         self._split_to_filepattern = dict(split_to_filepattern)
         self._on_error = on_error
+        # Errors that ended a get_dataset stream; the source stays failed (its
+        # files are bad), so a repeated or rebuilt pipeline ends at once.
+        self._errors: list[ValueError] = []
         super().__init__(splits=self._split_to_filepattern.keys())
+
+    def take_error(self) -> Optional[ValueError]:
+        """The first error that ended one of this source's pipelines, or None."""
+        return self._errors[0] if self._errors else None
 
     @abc.abstractmethod
     def _units(self, path: str) -> Iterator[tuple[int, list[bytes]]]:
@@ -198,11 +209,18 @@ class _FileDocumentSource(seqio.DataSource, metaclass=abc.ABCMeta):
         _check_shard_info(shard_info)
         self.list_shards(split)  # fail now, not at the first element
 
+        errors = self._errors
+
         def generate():
-            for text in self.iter_documents(
-                split, shuffle=shuffle, seed=seed, shard_info=shard_info
-            ):
-                yield {"text": text}
+            if errors:
+                return  # an empty epoch also ends a repeat() of this stream
+            try:
+                for text in self.iter_documents(
+                    split, shuffle=shuffle, seed=seed, shard_info=shard_info
+                ):
+                    yield {"text": text}
+            except ValueError as e:  # a bad document, or a file without any
+                errors.append(e)
 
         return tf.data.Dataset.from_generator(generate, output_signature=OUTPUT_SIGNATURE)
 

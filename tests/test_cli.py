@@ -104,7 +104,7 @@ def test_unknown_task_lists_the_registered_ones(capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.strip().splitlines()  # one line, no traceback
-    assert line.startswith("glm-jax show-example: error: unknown task 'glm_pretrain_nope'; registered GLM tasks: ")
+    assert line.startswith("glm-jax: error: unknown task 'glm_pretrain_nope'; registered GLM tasks: ")
     assert "glm_pretrain_token_embedded" in line
 
 
@@ -117,4 +117,4 @@ def test_plot_metrics_command(tmp_path, capsys):
     with Image.open(logs / "loss_curve.png") as image:
         assert image.size == plots.CURVE_SIZE
     assert cli.main(["plot-metrics", str(tmp_path / "missing")]) == 2
-    assert "glm-jax plot-metrics: error: no metrics.jsonl at" in capsys.readouterr().err
+    assert "glm-jax: error: no metrics.jsonl at" in capsys.readouterr().err

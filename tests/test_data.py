@@ -15,7 +15,7 @@ def _rows(iterator, n):
 
 def test_embedded_task_keeps_tf_data_state(corpus_dir):
     config = data.DataConfig(task="glm_pretrain_token_embedded", sequence_length=32, shuffle_buffer=16)
-    assert isinstance(data.train_batches(config, 2, shard=(0, 1)), TfDataIteratorState)
+    assert isinstance(data.train_batches(config, 2, shard=(0, 1)).inner, TfDataIteratorState)
 
 
 def test_python_read_source_resumes_by_skipping(tmp_path, corpus_dir):
@@ -36,7 +36,7 @@ def test_python_read_source_resumes_by_skipping(tmp_path, corpus_dir):
     config = data.DataConfig(task="glm_pretrain_token_data_test_jsonl", sequence_length=32, shuffle_buffer=16)
 
     straight = data.train_batches(config, 2, shard=(0, 1))
-    assert isinstance(straight, SkippingIterator)
+    assert isinstance(straight.inner, SkippingIterator)
     expected = _rows(straight, 5)
 
     first = data.train_batches(config, 2, shard=(0, 1))
@@ -87,7 +87,7 @@ def test_mixture_of_corpora_resumes_exactly(tmp_path, corpus_dir, read):
     try:
         config = data.DataConfig(task=mixture, sequence_length=32, pack=True)
         first = data.train_batches(config, 2, shard=(0, 1))
-        assert isinstance(first, SkippingIterator if read == "python" else TfDataIteratorState)
+        assert isinstance(first.inner, SkippingIterator if read == "python" else TfDataIteratorState)
         batch = next(first)
         assert set(batch) == {"tokens", "targets", "loss_mask", "position_ids", "block_position_ids",
                               "segment_ids", "part_a"}

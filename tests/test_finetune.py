@@ -9,6 +9,7 @@ seqio registry and the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -26,6 +27,7 @@ from glm_jax import config as config_lib
 from glm_jax.command_tokens import CommandTokens
 from glm_jax.model import GLM, ModelConfig
 from glm_jax.model_dir import load_model_dir
+from glm_jax.nonfinite import NonFiniteError
 from tasks.superglue.inputs import encode_example
 from tasks.superglue.readers import Example
 from test_cloze import WordVocab
@@ -130,7 +132,7 @@ def test_every_finetune_yaml_loads_over_a_model_config():
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="finetune.loss must be one of"):
         finetune.FinetuneConfig(task="rte", loss="hinge")
-    with pytest.raises(ValueError, match=r"model.hidden_size: 64 \(the model directory has 32\)"):
+    with pytest.raises(ValueError, match=r"model.hidden_size: 64 \(was 32\)"):
         finetune.check_same_architecture(MODEL.replace(hidden_size=64, num_heads=2), MODEL, "DIR")
     finetune.check_same_architecture(MODEL.replace(hidden_dropout=0.3, dtype="bfloat16"), MODEL, "DIR")
 
@@ -188,3 +190,17 @@ def test_finetune_learns_keeps_the_best_model_and_resumes_exactly(tmp_path, rows
         lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
         straight.state.params, resumed.state.params,
     )
+
+
+def test_a_diverging_finetune_stops_before_its_first_evaluation_and_export(tmp_path, rows, pretrained):
+    train_rows, val_rows = rows
+    config = run_config(tmp_path / "nan", epochs=2)
+    config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, learning_rate=1e30))
+    with pytest.raises(NonFiniteError, match=r"at step \d \(finetune.on_nonfinite=stop\).*no checkpoint was saved"):
+        finetune.run(config, ArrayData(train_rows, val_rows, 16), lambda s: jax.device_put(pretrained, s),
+                     print_fn=lambda _: None)
+    # Nothing of the diverged state left the device: no best model, no evaluation, no checkpoint.
+    assert not (tmp_path / "nan" / finetune.BEST_DIR).exists()
+    assert not (tmp_path / "nan" / finetune.BEST_RECORD).exists()
+    assert not (tmp_path / "nan" / "eval").exists()
+    assert not [p for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()]

@@ -87,11 +87,16 @@ def test_bad_json_lines_name_file_and_line(tmp_path, content, line, reason):
     assert (info.value.path, info.value.line) == (str(path), line)
 
 
-def test_errors_surface_through_tf_data(tmp_path):
-    path = write(tmp_path / "bad.jsonl", '{"text": "ok"}\nnot json\n')
-    ds = JsonLinesSource({"train": str(path)}).get_dataset("train", shuffle=False)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=f"{path}:2: invalid JSON"):
-        texts(ds)
+def test_a_bad_document_ends_the_tf_data_stream_and_is_recorded(tmp_path):
+    path = write(tmp_path / "bad.jsonl", '{"text": "ok"}\nnot json\n{"text": "after"}\n')
+    src = JsonLinesSource({"train": str(path)})
+    assert src.take_error() is None
+    # The documents before the bad one, then a clean end (no error inside tf.data)...
+    assert texts(src.get_dataset("train", shuffle=False)) == ["ok"]
+    # ...with the error kept for the reader of the pipeline (glm_jax.data.CheckedIterator).
+    assert str(src.take_error()).startswith(f"{path}:2: invalid JSON")
+    # A repeated stream ends too, instead of replaying the good prefix forever.
+    assert texts(src.get_dataset("train", shuffle=False).repeat()) == []
 
 
 def test_bad_utf8_in_a_paragraph_names_its_line(tmp_path):

@@ -273,3 +273,41 @@ def test_mesh_that_does_not_fit_the_devices_is_named():
         sharding.mesh_from_config(sharding.MeshConfig(ici_shape=(3, 2, 1)))
     with pytest.raises(ValueError, match=r"mesh.ici_shape=\(2, 2, 1\) uses 4 devices but 8 are available"):
         sharding.mesh_from_config(sharding.MeshConfig(ici_shape=(2, 2, 1)))
+
+
+def _toy_state(optimizer):
+    params = {"w": jnp.arange(4, dtype=jnp.float32), "b": jnp.ones((2,), jnp.float32)}
+    return train.TrainState(step=jnp.int32(7), params=params, opt_state=optimizer.init(params))
+
+
+@pytest.mark.parametrize("bad", ["grad", "loss"])
+def test_apply_update_skips_a_nonfinite_step_when_asked(bad):
+    optimizer = optax.adamw(0.1)
+    grads = {"w": jnp.array([1.0, 2.0, 3.0, 4.0]), "b": jnp.array([0.5, -0.5])}
+    loss = jnp.float32(1.0)
+    if bad == "grad":
+        grads["w"] = grads["w"].at[2].set(jnp.nan)
+    else:
+        loss = jnp.float32(jnp.inf)
+    state = _toy_state(optimizer)
+
+    skipped, metrics = train.apply_update(optimizer, state, grads, loss, skip_nonfinite=True)
+    assert float(metrics["nonfinite"]) == 1.0 and int(skipped.step) == 8  # the data position moves on
+    for new, old in zip(jax.tree.leaves((skipped.params, skipped.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(new, old)  # parameters and Adam's moments and count untouched
+
+    applied, metrics = train.apply_update(optimizer, state, grads, loss, skip_nonfinite=False)
+    assert float(metrics["nonfinite"]) == 1.0  # flagged either way; the loop decides (stop)
+    if bad == "grad":
+        assert not np.isfinite(np.asarray(applied.params["w"])).all()
+
+
+def test_apply_update_reports_health_of_a_good_step():
+    optimizer = optax.sgd(0.5)
+    state = _toy_state(optimizer)
+    grads = {"w": jnp.array([3.0, 0.0, 0.0, 0.0]), "b": jnp.array([0.0, 4.0])}
+    new, metrics = train.apply_update(optimizer, state, grads, jnp.float32(2.0), skip_nonfinite=True)
+    np.testing.assert_allclose(new.params["w"], [-1.5, 1.0, 2.0, 3.0])
+    np.testing.assert_allclose(float(metrics["grad_norm"]), 5.0)
+    np.testing.assert_allclose(float(metrics["param_norm"]), np.sqrt(1.5**2 + 1 + 4 + 9 + 1 + 1))
+    assert float(metrics["nonfinite"]) == 0.0

@@ -49,7 +49,7 @@ iterator positions), ``preemption`` (SIGTERM), ``items`` (orbax handlers for the
 data and config items).
 """
 
-from glm_jax.checkpointing.checkpointer import CheckpointConfig, Checkpointer
+from glm_jax.checkpointing.checkpointer import CheckpointConfig, CheckpointError, Checkpointer
 from glm_jax.checkpointing.data import (
     DataIteratorState,
     JsonIteratorState,
@@ -58,10 +58,15 @@ from glm_jax.checkpointing.data import (
     TfDataIteratorState,
     as_iterator_state,
 )
-from glm_jax.checkpointing.preemption import install_preemption_handler, preemption_requested
+from glm_jax.checkpointing.preemption import (
+    install_preemption_handler,
+    preempted_exit_code,
+    preemption_requested,
+)
 
 __all__ = [
     "CheckpointConfig",
+    "CheckpointError",
     "Checkpointer",
     "DataIteratorState",
     "JsonIteratorState",
@@ -70,5 +75,6 @@ __all__ = [
     "TfDataIteratorState",
     "as_iterator_state",
     "install_preemption_handler",
+    "preempted_exit_code",
     "preemption_requested",
 ]

@@ -4,9 +4,13 @@ orbax ``CheckpointManager``; see the package docstring for the layout and the lo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import json
 import logging
+import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -32,6 +36,11 @@ logger = logging.getLogger(__name__)
 
 PyTree = Any
 QUARANTINE = "quarantine"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or none can be read; the message names the
+    directory, the step and the cause in one line."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(self.directory, options=options, handler_registry=handler_registry())
         self._barrier_ids = itertools.count()
         self._stop_logged = False
+        self._pending_step: Optional[int] = None  # the last save started
 
     # ---- queries
 
@@ -118,6 +128,17 @@ class Checkpointer:
             logger.warning("preemption: stopping after step %d", step)
             self._stop_logged = True
         return stop
+
+    def would_save(self, step: int) -> bool:
+        """Whether ``save(step)`` without ``force`` would save: the loop checks the
+        state (glm_jax/nonfinite.py) before a save, not after every step."""
+        step = int(step)
+        return step not in self._manager.all_steps() and self._manager.should_save(step)
+
+    def describe_latest(self) -> Optional[str]:
+        """``"checkpoint step N in DIR"`` for the newest saved step, or None."""
+        step = self.latest_step()
+        return None if step is None else f"checkpoint step {step} in {self.directory}"
 
     # ---- saving
 
@@ -157,22 +178,83 @@ class Checkpointer:
             items[DATA] = DataSave(as_iterator_state(data_iterator))
         if config is not None:
             items[CONFIG] = TextSave(_config_text(config))
-        # force=True: the decision is made above, don't let orbax re-evaluate it.
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._storage_errors(step):
+            # An async save that failed since the last call raises here, so a
+            # storage fault stops the run within one save interval.
+            self._manager.check_for_errors()
+            self._probe_writable()
+            # force=True: the decision is made above, don't let orbax re-evaluate it.
+            started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        if started:
+            self._pending_step = step
+        return started
 
     def wait(self) -> None:
-        """Blocks until the pending async save (if any) has committed; raises its error."""
-        self._manager.wait_until_finished()
+        """Blocks until the pending async save (if any) has committed; raises
+        :class:`CheckpointError` if it failed."""
+        with self._storage_errors(self._pending_step):
+            self._manager.wait_until_finished()
+            self._manager.check_for_errors()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's threads."""
-        self._manager.close()
+        """Waits for pending saves and releases orbax's threads; raises
+        :class:`CheckpointError` if the last save failed."""
+        with self._storage_errors(self._pending_step):
+            self._manager.close()
+            self._manager.check_for_errors()
 
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # Already failing: still wait for the last save (it may be good), but let
+        # the original error through rather than a second one from storage.
+        try:
+            self.close()
+        except CheckpointError as e:
+            logger.warning("%s", e)
+
+    def _probe_writable(self) -> None:
+        """Writes and removes a small file in the directory before a save starts.
+
+        Why: when the directory has become unwritable (or has vanished), orbax's
+        save does not raise: its caller waits forever on a signal from a write
+        thread that failed (orbax 0.12, ``signaling_client.blocking_key_value_get``).
+        Checked here, the fault is one error instead of a hang. Local paths only;
+        remote storage reports its errors through orbax. Every process probes
+        (each writes its own shards); one that fails ends the job, as any process
+        failure does in a multi-process JAX run.
+        """
+        if "://" in str(self.directory):
+            return
+        probe = self.directory / f".glm-jax-write-test-{jax.process_index()}-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+
+    @contextlib.contextmanager
+    def _storage_errors(self, step: Optional[int]):
+        """Turns a failed write (disk full, no permission, a vanished directory)
+        into one CheckpointError line naming the step, the directory and the cause.
+        Earlier checkpoints are untouched: orbax deletes old steps only after a save
+        commits."""
+        try:
+            yield
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001  (storage libraries raise many types)
+            text = " ".join(str(e).split())
+            failed = re.search(r"/(\d+)\.orbax-checkpoint-tmp", text)  # the step whose save broke
+            where = failed.group(1) if failed else step
+            cause = text.replace(f"{self.directory}/", "")
+            cause = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]|^[A-Z_]{4,}: ", "", cause)
+            cause = f"{type(e).__name__}: {cause[:240]}{' ...' if len(cause) > 240 else ''}"
+            raise CheckpointError(
+                f"saving checkpoint step {where} to {self.directory} failed: {cause}; the checkpoints saved "
+                "before it are kept"
+            ) from e
 
     # ---- restoring
 
@@ -228,14 +310,14 @@ class Checkpointer:
             try:
                 saved_items, saved_tree = self._saved_items_and_tree(step)
             except Exception as e:  # noqa: BLE001
-                logger.warning("skipping %s: cannot read its metadata: %s", where, _short(e))
+                logger.warning("skipping %s: cannot read its metadata: %s", where, self.describe_failure(e))
                 failed.append((step, e))
                 continue
             _check_matches(abstract_state, saved_tree, where)
             try:
                 state = self._restore_items(step, abstract_state, data_iterator, saved_items)
             except Exception as e:  # noqa: BLE001
-                logger.warning("skipping %s: restore failed: %s", where, _short(e))
+                logger.warning("skipping %s: restore failed: %s", where, self.describe_failure(e))
                 failed.append((step, e))
                 continue
             if failed:
@@ -247,9 +329,37 @@ class Checkpointer:
             logger.info("restored %s", where)
             return step, state
         if failed:
-            details = _listing([f"step {s}: {_short(e)}" for s, e in failed])
-            raise RuntimeError(f"no checkpoint in {self.directory} could be restored:{details}") from failed[0][1]
+            details = "; ".join(f"step {s}: {self.describe_failure(e)}" for s, e in failed)
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} could be restored ({details}); nothing was moved or deleted: "
+                f"move the damaged steps aside (e.g. into {self.directory / QUARANTINE}/) to start this run over, "
+                "or start a new run directory"
+            ) from failed[0][1]
         return None
+
+    def describe_failure(self, error: BaseException) -> str:
+        """One short line for why a checkpoint did not restore: the kind of damage
+        (missing file, short read, bad metadata, missing item) and the storage
+        library's innermost message, without its multi-kilobyte spec dumps."""
+        chain = []
+        while error is not None and len(chain) < 16:
+            # Iteration signals in the context chain are a parser's internals, not causes.
+            if not isinstance(error, (StopIteration, StopAsyncIteration, GeneratorExit)):
+                chain.append(error)
+            error = error.__cause__ or error.__context__
+        inner = chain[-1]
+        text = str(inner.args[0]) if isinstance(inner, KeyError) and inner.args else str(inner)
+        text = next((line.strip() for line in text.splitlines() if line.strip()), type(inner).__name__)
+        text = re.sub(r"^[A-Z_]{4,}: ", "", text).replace(f"{self.directory}/", "")
+        if isinstance(inner, json.JSONDecodeError) or "metadata" in text.lower():
+            kind = "bad metadata"
+        elif isinstance(inner, FileNotFoundError) or "NOT_FOUND" in str(inner) or "was not found" in text:
+            kind = "missing file or item"
+        elif "OUT_OF_RANGE" in str(inner) or "runcated" in text or "byte range" in text:
+            kind = "short read (a truncated or missing data file)"
+        else:
+            kind = type(inner).__name__
+        return f"{kind}: {text[:160]}{' ...' if len(text) > 160 else ''}"
 
     def saved_config(self, step: int) -> Optional[str]:
         """The config YAML saved with ``step``, or None if none was saved."""
@@ -327,11 +437,6 @@ def _config_text(config: Any) -> str:
     from glm_jax.config import to_yaml
 
     return to_yaml(config)
-
-
-def _short(error: BaseException, limit: int = 300) -> str:
-    text = f"{type(error).__name__}: {error}".replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _path_str(path: Sequence[Any]) -> str:

@@ -162,14 +162,28 @@ def _read_file(path: Path) -> dict[str, Any]:
     """One checkpoint file -> its flat state dict (keys as stored)."""
     suffix = path.suffix
     if suffix == ".safetensors":
-        from safetensors.numpy import load_file
-
-        return dict(load_file(path))
+        return _read_safetensors(path)
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
     with TorchCheckpoint(path) as ckpt:
         return ckpt.materialize(_state_dict_in(ckpt.root, path))
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    """A safetensors file, its header and lengths checked (the library checks that
+    every tensor lies inside the file; an empty or truncated file fails there)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    size = path.stat().st_size
+    if size < 8:
+        raise ValueError(f"{path} is {'empty' if size == 0 else 'truncated'} ({size} bytes): not a safetensors file")
+    try:
+        return dict(load_file(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]}); "
+                         "it is damaged or truncated: re-download or re-copy it") from None
 
 
 def _state_dict_in(root: Any, path: Path) -> Mapping[str, Any]:

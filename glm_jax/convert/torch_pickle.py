@@ -31,6 +31,7 @@ import math
 import pickle
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -215,6 +216,7 @@ class TorchCheckpoint:
         self._file: Optional[io.BufferedReader] = None
         self._zip: Optional[zipfile.ZipFile] = None
         if not zipfile.is_zipfile(self.path):
+            _check_not_zip_like(self.path)
             self.root = _load_legacy(self.path)
             return
         # Kept open for the object's lifetime: materialize() reads storages from it.
@@ -306,11 +308,24 @@ class TorchCheckpoint:
             if signature != _LOCAL_FILE_SIGNATURE:
                 raise ValueError(f"{self.path}: corrupt zip local header for {name}")
             self._file.seek(info.header_offset + _LOCAL_FILE_HEADER.size + name_len + extra_len)
-            array = np.fromfile(self._file, dtype=dtype, count=storage.numel)
-            if array.size != storage.numel:
-                raise ValueError(f"{self.path}: storage record {name} is truncated")
+            # Read in place into a writable buffer: no temporary copy of the record.
+            raw = bytearray(info.file_size)
+            got = self._file.readinto(raw)
+            if got != info.file_size:
+                raise ValueError(f"{self.path}: storage record {name} is truncated "
+                                 f"({got} of {info.file_size} bytes): the file is damaged")
+            # The archive's CRC-32 of the record: damaged weight bytes would otherwise
+            # convert silently into wrong (or NaN) parameters.
+            if zlib.crc32(raw) != info.CRC:
+                raise ValueError(f"{self.path}: storage record {name} fails its CRC-32 check: the file is "
+                                 "damaged (re-download or re-copy it)")
+            array = np.frombuffer(raw, dtype=dtype, count=storage.numel)
         else:
-            array = np.frombuffer(self._zip.read(name), dtype=dtype, count=storage.numel).copy()
+            try:
+                raw = self._zip.read(name)  # zipfile checks the CRC of what it inflates
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+                raise ValueError(f"{self.path}: storage record {name} is damaged: {e}") from None
+            array = np.frombuffer(raw, dtype=dtype, count=storage.numel).copy()
         return array.astype(dtype.newbyteorder("="), copy=False)
 
     def _read_tensor(self, tensor: LazyTensor, cache: dict[str, np.ndarray]) -> np.ndarray:
@@ -365,6 +380,24 @@ def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
+def _check_not_zip_like(path: Path) -> None:
+    """Refuses, with the reason, a file that is neither a zip archive nor a legacy
+    torch pickle (empty, a damaged zip, or another kind of file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read it: {e.strerror or e}") from None
+    if not head:
+        raise ValueError(f"{path} is empty (0 bytes): not a checkpoint; re-download or re-copy it")
+    if head.startswith(b"PK"):
+        raise ValueError(f"{path} is a damaged or truncated zip archive (its central directory is missing or "
+                         "unreadable): re-download or re-copy it")
+    if not head.startswith(b"\x80"):  # a legacy torch file starts with a pickle protocol marker
+        raise ValueError(f"{path} is not a torch checkpoint (neither a zip archive nor a legacy torch pickle; "
+                         f"it starts with {head!r})")
+
+
 def _load_legacy(path: Path) -> Any:
     """Read a pre-zip torch file with torch itself (weights only), as numpy."""
     try:
@@ -376,8 +409,11 @@ def _load_legacy(path: Path) -> Any:
         ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types here; keep the cause attached.
-        raise ValueError(f"{path}: torch.load(weights_only=True) failed: {e}") from e
+    except Exception as e:  # noqa: BLE001  torch raises many types here
+        # Not torch's own advice: it suggests weights_only=False, which runs the
+        # file's pickled code.
+        raise ValueError(f"{path}: not a readable legacy torch checkpoint of tensors ({type(e).__name__}; "
+                         "the file is damaged, truncated, or holds more than weights)") from None
 
     def walk(x: Any) -> Any:
         if isinstance(x, torch.Tensor):

@@ -115,3 +115,21 @@ class ModelConfig:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"model.{name} must be one of {choices}, got {value!r}")
+
+
+# Fields that do not shape the parameters (numerics and regularisation): a run may
+# resume or fine-tune with other values; every other field must match the weights.
+RUNTIME_FIELDS = (
+    "embedding_dropout", "attention_dropout", "hidden_dropout", "dtype", "remat_policy", "attention_backend",
+    "attention_block_size",
+)
+
+
+def architecture_changes(new: ModelConfig, old: ModelConfig) -> list[str]:
+    """``"model.<field>: <new> (was <old>)"`` for every field outside
+    :data:`RUNTIME_FIELDS` where ``new`` differs from ``old``."""
+    return [
+        f"model.{f.name}: {getattr(new, f.name)!r} (was {getattr(old, f.name)!r})"
+        for f in dataclasses.fields(ModelConfig)
+        if f.name not in RUNTIME_FIELDS and getattr(new, f.name) != getattr(old, f.name)
+    ]
