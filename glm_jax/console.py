@@ -67,7 +67,7 @@ class NativeLogFilter:
     def __init__(self) -> None:
         self._user_fd: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
-        self._fault_file = None
+        self._fault_fd: Optional[int] = None
 
     def __enter__(self) -> NativeLogFilter:
         sys.stderr.flush()
@@ -78,8 +78,8 @@ class NativeLogFilter:
         if faulthandler.is_enabled():
             # A crash or hang dump must reach the user even when the process is
             # stuck holding the GIL, which would also stop the pump thread.
-            self._fault_file = os.fdopen(os.dup(self._user_fd), "w")
-            faulthandler.enable(file=self._fault_file, all_threads=True)
+            self._fault_fd = os.dup(self._user_fd)
+            faulthandler.enable(file=self._fault_fd, all_threads=True)
         self._thread = threading.Thread(target=self._pump, args=(read_fd, self._user_fd), daemon=True,
                                         name="glm-jax-stderr")
         self._thread.start()
@@ -123,10 +123,10 @@ class NativeLogFilter:
         os.dup2(self._user_fd, 2)
         self._thread.join(timeout=5)
         os.close(self._user_fd)
-        if self._fault_file is not None:
-            faulthandler.enable(file=sys.stderr, all_threads=True)
-            self._fault_file.close()
-            self._fault_file = None
+        if self._fault_fd is not None:
+            faulthandler.enable(file=2, all_threads=True)  # descriptor 2 is the real stderr again
+            os.close(self._fault_fd)
+            self._fault_fd = None
 
 
 def quiet_library_loggers() -> None:

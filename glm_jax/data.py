@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Iterator, Optional, Union
 
 logger = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class CheckedIterator:
             if failure is None:
                 raise
         except tf.errors.OpError as e:
-            failure = self._recorded_error() or f"data.task={self._provider.name}: {_first_line(e.message)}"
+            failure = self._recorded_error() or f"data.task={self._provider.name}: {pipeline_error_message(e)}"
         # Raised outside the except block, with the pipeline released: the new
         # exception must not hold the old one's frames (and through them the iterator).
         self._iterator = None
@@ -211,9 +212,14 @@ class CheckedIterator:
         as_iterator_state(self._iterator).restore(directory)
 
 
-def _first_line(message: str) -> str:
-    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
-    return lines[0] if lines else "unknown error"
+def pipeline_error_message(error) -> str:
+    """The reason inside a tf.data error, without TensorFlow's wrapping: the first
+    line, from its innermost ``SomethingError: `` on (the Python exception that a
+    map function raised), or the op's own message."""
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines() if line.strip()]
+    first = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", lines[0]) if lines else "unknown error"
+    inner = list(re.finditer(r"\b[A-Z]\w*(?:Error|Exception): ", first))
+    return first[inner[-1].end():] if inner else first
 
 
 def _dataset(config: DataConfig, split: str, local_batch: int, *, train: bool, shard: Optional[tuple[int, int]]):

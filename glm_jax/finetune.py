@@ -256,6 +256,13 @@ def run(
             f"learning rate: peak {oc.learning_rate:g}, warmup {oc.warmup_iters:g} steps, {oc.decay_style} decay "
             f"to {oc.lr_decay_ratio:g}x at step {total} (optimizer.decay_steps = epochs x steps per epoch)"
         )
+        resumed_at_epoch_end = start_step and start_step % steps_per_epoch == 0
+        if resumed_at_epoch_end and not _epoch_evaluated(ft.output_dir, start_step // steps_per_epoch):
+            # Saved at the epoch's end, then stopped before its evaluation finished:
+            # evaluate it now, so the best-epoch choice sees every epoch.
+            record, best = _end_epoch(config, data, eval_step, state, start_step, start_step // steps_per_epoch, mesh,
+                                      writer, best, tokenizer, print_fn)
+            history.append(record)
         progress, interval, step = None, [], start_step
         while step < total and not stopped_early:
             epoch = step // steps_per_epoch
@@ -285,9 +292,9 @@ def run(
                     guard.check(checkpointer.describe_latest())
                     checkpointer.save(step, state, config=config, force=stop or epoch_end)
                 if epoch_end:
-                    record = _evaluate_epoch(config, data, eval_step, state, step, epoch + 1, mesh, writer, print_fn)
+                    record, best = _end_epoch(config, data, eval_step, state, step, epoch + 1, mesh, writer, best,
+                                              tokenizer, print_fn)
                     history.append(record)
-                    best = _keep_best(config, record, best, state.params, tokenizer, print_fn)
                 if stop:
                     print_fn(f"preempted: saved step {step} and stopping")
                     stopped_early = True
@@ -340,6 +347,31 @@ def _log_interval(step, epoch, interval, progress, writer, print_fn) -> dict[str
     writer.flush()
     print_fn(f"epoch {epoch + 1} | " + progress.line(step, record, rates))
     return {"step": step, "epoch": epoch + 1, **record}
+
+
+EPOCH_DONE = "evaluated.json"  # eval/epoch_N/evaluated.json: epoch N is evaluated and its best kept
+
+
+def _end_epoch(config, data, eval_step, state, step, epoch, mesh, writer, best, tokenizer, print_fn):
+    """Evaluates epoch ``epoch``, keeps the best model, then marks the epoch done."""
+    record = _evaluate_epoch(config, data, eval_step, state, step, epoch, mesh, writer, print_fn)
+    best = _keep_best(config, record, best, state.params, tokenizer, print_fn)
+    if jax.process_index() == 0:
+        done = Path(config.finetune.output_dir) / "eval" / f"epoch_{epoch}" / EPOCH_DONE
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(record) + "\n")
+    return record, best
+
+
+def _epoch_evaluated(output_dir: str, epoch: int) -> bool:
+    """Whether a run finished epoch ``epoch``'s evaluation; process 0 decides for
+    every process (the evaluation is a collective)."""
+    done = (Path(output_dir) / "eval" / f"epoch_{epoch}" / EPOCH_DONE).is_file()
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        done = bool(multihost_utils.broadcast_one_to_all(np.int32(done)))
+    return done
 
 
 def _evaluate_epoch(config, data, eval_step, state, step, epoch, mesh, writer, print_fn) -> dict[str, Any]:

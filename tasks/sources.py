@@ -311,7 +311,7 @@ class JsonLinesSource(_FileDocumentSource):
         try:
             record = json.loads(_decode_utf8(path, line, raw))
         except json.JSONDecodeError as e:
-            reason = f"invalid JSON: {e.msg} at column {e.colno}"
+            reason = f"invalid JSON: {e.msg} (column {e.colno})"
             raise BadDocumentError(path, line, reason) from None
         if not isinstance(record, dict):
             raise BadDocumentError(

@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import jax
+import numpy as np
 import pytest
 
 
@@ -266,6 +267,7 @@ def write_corpus(path: Path, bad_line: bytes, at: int = 150, n: int = 300) -> Pa
 
 @pytest.mark.parametrize("fmt, bad_line, reason", [
     ("jsonl", b'{"text": "unterminated', r"invalid JSON: Unterminated string"),
+    ("jsonl", b'{"text": "caf\xe9 au lait"}', r"not valid UTF-8 \(byte 13"),
     ("text", b"caf\xe9 au lait", r"not valid UTF-8 \(byte 3"),
 ])
 def test_a_bad_document_ends_the_run_with_its_file_and_line(tmp_path, corpus_dir, fmt, bad_line, reason):
@@ -330,6 +332,19 @@ def test_convert_refuses_a_damaged_checkpoint(tmp_path, official_dir, damage, me
     line = error_line(result)
     assert re.fullmatch(f"glm-jax: error: {message}", line), line
     assert "weights_only=False" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_refuses_a_truncated_safetensors_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    src = tmp_path / "model.safetensors"
+    save_file({"word_embeddings.weight": np.ones((64, 32), np.float32)}, str(src))
+    os.truncate(src, src.stat().st_size - 100)
+    result = glm_jax("convert", str(src), str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert re.fullmatch(rf"glm-jax: error: {src}: not a readable safetensors file \(.+\); it is damaged or "
+                        r"truncated: re-download or re-copy it", error_line(result))
     assert not (tmp_path / "out").exists()
 
 

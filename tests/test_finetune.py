@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 
@@ -204,3 +205,21 @@ def test_a_diverging_finetune_stops_before_its_first_evaluation_and_export(tmp_p
     assert not (tmp_path / "nan" / finetune.BEST_RECORD).exists()
     assert not (tmp_path / "nan" / "eval").exists()
     assert not [p for p in (tmp_path / "nan" / "checkpoints").iterdir() if p.name.isdigit()]
+
+
+def test_an_epoch_saved_but_not_evaluated_is_evaluated_on_resume(tmp_path, rows, pretrained):
+    train_rows, val_rows = rows
+    config = run_config(tmp_path / "r", epochs=2)
+    first = finetune.run(config, ArrayData(train_rows, val_rows, 16), lambda s: jax.device_put(pretrained, s),
+                         print_fn=lambda _: None)
+    assert [r["epoch"] for r in first.history if "metrics" in r] == [1, 2]
+    # A kill right after epoch 2's checkpoint, before its evaluation and export finished:
+    shutil.rmtree(tmp_path / "r" / "eval" / "epoch_2")
+    shutil.rmtree(tmp_path / "r" / finetune.BEST_DIR)
+    (tmp_path / "r" / finetune.BEST_RECORD).unlink()
+    again = finetune.run(config, ArrayData(train_rows, val_rows, 16), lambda s: jax.device_put(pretrained, s),
+                         print_fn=lambda _: None)
+    assert again.start_step == again.final_step == 20
+    (record,) = [r for r in again.history if "metrics" in r]
+    assert record["epoch"] == 2 and record["metrics"] == [r for r in first.history if "metrics" in r][1]["metrics"]
+    assert (tmp_path / "r" / finetune.BEST_DIR).is_dir() and again.best["epoch"] == 2

@@ -86,3 +86,13 @@ def test_resume_through_the_loop_is_exact(tmp_path):
         lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
         straight.state.params, resumed.state.params,
     )
+
+
+def test_the_last_step_is_saved_before_the_final_evaluation_can_fail(tmp_path):
+    def broken_eval():
+        raise ValueError("the validation files vanished")
+
+    with pytest.raises(ValueError, match="vanished"):
+        trainer.run(make_config(tmp_path, 4), SkippingIterator(stream), eval_data=broken_eval, print_fn=lambda _: None)
+    # The 4 trained steps are not lost: step 4 was committed before the evaluation ran.
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())[-1] == 4

@@ -37,6 +37,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax.data import pipeline_error_message
 from tasks.superglue.registry import ClozeTaskInfo, task_info
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
@@ -159,7 +160,7 @@ def _checked(iterator: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np
         except StopIteration:
             return
         except tf.errors.OpError as e:
-            message = next((line.strip() for line in str(e.message).splitlines() if line.strip()), "data error")
+            message = pipeline_error_message(e)
         if message is not None:
             del iterator
             raise ValueError(message)
