@@ -147,8 +147,8 @@ class CheckedIterator:
     arrives as one :class:`DataError` line. Before raising, the pipeline's
     iterator is released: a tf.data iterator over Python-read data that is still
     alive when the interpreter exits deadlocks in its finaliser, which is how a bad
-    line used to hang the process. ``save``/``restore`` (or ``get_state``/
-    ``set_state``) pass through to the wrapped iterator for checkpoints.
+    line used to hang the process. ``save``/``restore`` pass through to the
+    wrapped iterator (``as_iterator_state`` of it) for checkpoints.
 
     Args:
       iterator: the pipeline iterator (a checkpointable one, or a plain iterator).
@@ -194,8 +194,8 @@ class CheckedIterator:
 
     def _recorded_error(self):
         for source in _provider_sources(self._provider):
-            take = getattr(source, "take_error", None)
-            error = take() if take is not None else None
+            recorded = getattr(source, "recorded_error", None)  # tasks/sources.py file sources
+            error = recorded() if recorded is not None else None
             if error is not None:
                 return str(error)
         return None

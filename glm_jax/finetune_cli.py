@@ -234,6 +234,7 @@ def cli_finetune(args: argparse.Namespace, print_fn: Callable[[str], None] = pri
 
     config, _, source = load_run_config(args)
     run_dir.check_writable(config.finetune.output_dir, "finetune.output_dir")
+    model_dir.remove_stale_exports(Path(config.finetune.output_dir) / finetune.BEST_DIR)  # a killed export's leftovers
     print_fn(f"# resolved config ({source} over {args.checkpoint})\n{config}")
     vocabulary = model_dir.load_vocabulary(args.checkpoint)
     task_name = register_task(config, vocabulary)

@@ -110,6 +110,8 @@ def cli_train(args: argparse.Namespace, print_fn: Callable[[str], None] = print)
     if is_main:
         print_fn(f"# resolved config ({args.config})\n{config_lib.to_yaml(config)}")
     model_path = output_dir / "model"
+    if is_main:
+        model_dir_lib.remove_stale_exports(model_path)  # what a killed export left behind
     if latest == config.train.steps and not args.no_export and model_dir_lib.is_model_dir(model_path):
         print_fn(f"nothing to train: {output_dir} is already at train.steps={latest} and its model is in "
                  f"{model_path}; raise train.steps to continue, or choose a new train.output_dir")

@@ -27,7 +27,7 @@ Bad input (policy; tests/test_sources.py checks every case):
     ``on_error='raise'`` (default): :class:`BadDocumentError`, a ``ValueError``
     whose message starts ``path:line:``. ``iter_documents`` raises it; the
     tf.data pipeline of ``get_dataset`` instead ends its stream there and records
-    the error, which ``take_error()`` returns (glm_jax.data.CheckedIterator raises
+    the error, which ``recorded_error()`` returns (glm_jax.data.CheckedIterator raises
     it as one line). An exception raised inside tf.data is logged with a
     traceback by every stage it crosses, and the pipeline's iterator then hangs
     the interpreter's exit; ending the stream has neither problem.
@@ -116,7 +116,7 @@ class _FileDocumentSource(seqio.DataSource, metaclass=abc.ABCMeta):
         self._errors: list[ValueError] = []
         super().__init__(splits=self._split_to_filepattern.keys())
 
-    def take_error(self) -> Optional[ValueError]:
+    def recorded_error(self) -> Optional[ValueError]:
         """The first error that ended one of this source's pipelines, or None."""
         return self._errors[0] if self._errors else None
 

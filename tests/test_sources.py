@@ -90,11 +90,11 @@ def test_bad_json_lines_name_file_and_line(tmp_path, content, line, reason):
 def test_a_bad_document_ends_the_tf_data_stream_and_is_recorded(tmp_path):
     path = write(tmp_path / "bad.jsonl", '{"text": "ok"}\nnot json\n{"text": "after"}\n')
     src = JsonLinesSource({"train": str(path)})
-    assert src.take_error() is None
+    assert src.recorded_error() is None
     # The documents before the bad one, then a clean end (no error inside tf.data)...
     assert texts(src.get_dataset("train", shuffle=False)) == ["ok"]
     # ...with the error kept for the reader of the pipeline (glm_jax.data.CheckedIterator).
-    assert str(src.take_error()).startswith(f"{path}:2: invalid JSON")
+    assert str(src.recorded_error()).startswith(f"{path}:2: invalid JSON")
     # A repeated stream ends too, instead of replaying the good prefix forever.
     assert texts(src.get_dataset("train", shuffle=False).repeat()) == []
 
