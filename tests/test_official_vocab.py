@@ -435,3 +435,49 @@ def test_tiny_files_follow_the_official_layout(tmp_path, kind):
     assert ct.mask in ids and ct.unk not in ids and v.decode(ids) == text
     with pytest.raises(ValueError, match="needs at least"):
         write_tiny_files(kind if kind != "chinese" else "bert", tmp_path / "small", num_tokens=10)
+
+
+# ------------------------------------------------ the real files (../shared/vocab)
+
+SHARED_VOCAB = Path(__file__).resolve().parents[2] / "shared" / "vocab"
+REAL_FILES = {"bert": "bert_base_uncased", "gpt2": "gpt2"}
+
+
+@pytest.mark.skipif(not SHARED_VOCAB.is_dir(), reason=f"the real tokenizer files are not at {SHARED_VOCAB}")
+@pytest.mark.parametrize("kind", sorted(REAL_FILES))
+def test_sentence_objective_runs_on_the_real_official_vocabularies(tmp_path, kind):
+    """GLM-Sent / GLM-10B pretrain with these tokenizers: sentence ends come from the
+    token text (official contains_sentence_end)."""
+    import numpy as np
+
+    from tasks import pretrain, sources
+    from tasks.feature_converter import GLMFeatureConverter
+
+    vocab = official_vocabulary(kind, SHARED_VOCAB / REAL_FILES[kind])
+    mask = vocab.sentence_end_mask()
+    assert mask.shape == (vocab.vocab_size,) and mask[vocab.eos_id]
+    ids = vocab.encode("The loop ends here. Does it? Yes!")
+    ends = [vocab.decode([i]).strip() for i in ids if mask[i]]
+    assert ends == [".", "?", "!"], ends
+    assert 5 < mask.sum() < 0.05 * mask.size  # punctuation-bearing tokens only (BERT: ~20, GPT-2: more)
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(
+        f"Document {d} starts here. It says {d} things; the first is short. The last one ends the document!"
+        for d in range(20)) + "\n")
+    name = f"realvocab_{kind}"
+    pretrain.register_pretraining_tasks(name, sources.TextFileSource({"train": str(corpus)}), vocabulary=vocab,
+                                        objective_configs={"sentence": pretrain.OBJECTIVES["sentence"]},
+                                        overwrite=True)
+    task = seqio.get_mixture_or_task(pretrain.task_name("sentence", name))
+    ds = GLMFeatureConverter(pack=False, command_tokens=vocab.command_tokens)(
+        task.get_dataset({"tokens": 64, "targets": 64}, split="train", shuffle=False, seed=0), {"tokens": 64})
+    rows = list(ds.take(4).as_numpy_iterator())
+    ct = vocab.command_tokens
+    for row in rows:
+        tokens, targets, loss = row["tokens"], row["targets"], row["loss_mask"]
+        assert (tokens == ct.smask).sum() >= 1  # sentences blanked with [sMASK]
+        # Every Part B span (the targets under the loss) ends at a sentence end or with [eop].
+        span_last = [targets[i] for i in range(len(loss) - 1) if loss[i] and not loss[i + 1]]
+        assert all(mask[t] or t == ct.eop for t in span_last), span_last
+    assert np.mean([row["loss_mask"].sum() for row in rows]) > 3

@@ -342,3 +342,36 @@ def test_label_words_sharing_their_first_token_are_refused():
 
     with pytest.raises(ValueError, match="RTE pattern 0: label words share their first token"):
         inputs.verbalizer_ids("RTE", 0, Collide())
+
+
+def test_wsc_negative_candidates_as_objects(tmp_path: Path):
+    """The official WSC-negative files give candidates as {"text": ...} objects."""
+    line = {"text": "Mark told Pete he won.", "idx": 3, "label": True,
+            "candidates": [{"text": "Pete"}, {"text": "Sue"}, {"text": "Pete"}, {"text": "mark"}],
+            "target": {"span1_index": 0, "span1_text": "Mark", "span2_index": 3, "span2_text": "he"}}
+    write(tmp_path, "WSC", "train", [line])
+    (example,) = read_split(tmp_path, "WSC", "train")
+    assert example.candidates == ("Mark", "Pete", "Sue")
+    line["candidates"] = [{"txt": "Pete"}]
+    write(tmp_path, "WSC", "train", [line])
+    with pytest.raises(SuperGLUEFormatError, match=r"candidates\[0\].*expected a str or \{\"text\": str\}"):
+        read_split(tmp_path, "WSC", "train")
+
+
+REAL_BERT = Path(__file__).resolve().parents[2] / "shared" / "vocab" / "bert_base_uncased" / "vocab.txt"
+
+
+@pytest.mark.skipif(not REAL_BERT.is_file(), reason=f"the real BERT vocabulary is not at {REAL_BERT}")
+@pytest.mark.parametrize("pattern_id", [0, 1, 4])
+def test_multirc_passage_ending_in_a_space_gets_one_period(tmp_path: Path, pattern_id):
+    """Real MultiRC passages end in ". " (official pvp.py strips it before the final punctuation)."""
+    from tasks.official_vocabs import official_vocabulary
+
+    vocab = official_vocabulary("bert", REAL_BERT)
+    example = readers.Example("g-a0", {"passage": "They hid in the cellar and survived. ",
+                                       "question": "Where did they hide?", "answer": "In the cellar"}, 1)
+    out = inputs.encode_example("MultiRC", example, vocab, pattern_id=pattern_id, max_seq_length=64)
+    text = vocab.decode([int(t) for t in out["tokens"] if t != vocab.command_tokens.pad])
+    before = text.split("question")[0]
+    assert before.endswith("survived. "), text
+    assert before.count(".") == 1, text

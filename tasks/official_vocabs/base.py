@@ -18,7 +18,7 @@ import seqio
 import tensorflow as tf
 
 from glm_jax.command_tokens import CommandTokens
-from tasks.vocab import decode_rows_tf
+from tasks.vocab import SENTENCE_END_CHARS, decode_rows_tf
 
 PathLike = Union[str, os.PathLike]
 
@@ -86,6 +86,12 @@ class TextCodec(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    @abc.abstractmethod
+    def token_texts(self) -> list[str]:
+        """Each text token's string as the tokenizer's files list it (the official
+        ``IdToToken``): BERT ``##ing``, GPT-2's byte-level ``Ġthe``; "" for an id
+        the files leave unused."""
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -241,6 +247,21 @@ class OfficialVocabulary(seqio.Vocabulary, abc.ABC):
     @property
     def _base_vocab_size(self) -> int:
         return round_up(self._num_tokens, self._pad_to_multiple_of)
+
+    def sentence_end_mask(self) -> np.ndarray:
+        """``[vocab_size]`` bool: the tokens that end a sentence, for the sentence
+        objective (spec 3.2), decided from the token's text as the official
+        ``blocklm_utils.contains_sentence_end`` does: it contains one of
+        ``. ? ! ; :`` or a newline (and, as for our sentencepiece vocabulary,
+        ``。 ？ ！ ； …``; whether the official code counts those is not checked).
+        The text is the files' own token string, so a GPT-2 newline (``Ċ``) is
+        not an end, as in the official code. eos is an end."""
+        texts = self._loaded().codec.token_texts()
+        mask = np.zeros(self._base_vocab_size, dtype=bool)
+        for i, text in enumerate(texts):
+            mask[i] = bool(SENTENCE_END_CHARS.intersection(text))
+        mask[self.eos_id] = True
+        return mask
 
     @property
     def eos_id(self) -> int:

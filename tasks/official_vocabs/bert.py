@@ -58,6 +58,12 @@ class _WordPieceCodec(TextCodec):
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
+    def token_texts(self) -> list[str]:
+        texts = [""] * (max(self.vocab.values()) + 1)
+        for token, index in self.vocab.items():
+            texts[index] = token
+        return texts
+
 
 class BertVocabulary(OfficialVocabulary):
     """The uncased BERT wordpiece vocabulary (GLM-Base/Large/Doc/410M/515M).

@@ -65,6 +65,12 @@ class _ByteLevelBPECodec(TextCodec):
     def decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
+    def token_texts(self) -> list[str]:
+        texts = [""] * (max(self.vocab.values()) + 1)
+        for token, index in self.vocab.items():
+            texts[index] = token
+        return texts
+
     def id_of(self, token: str, path: str) -> int:
         if token not in self.vocab:
             raise ValueError(f"BPE vocab.json {path} has no {token!r} entry")

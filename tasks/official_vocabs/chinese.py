@@ -45,6 +45,9 @@ class _SentencePieceCodec(TextCodec):
     def decode(self, ids: Sequence[int]) -> str:
         return self._processor.DecodeIds(list(ids))
 
+    def token_texts(self) -> list[str]:
+        return [self._processor.IdToPiece(i) for i in range(self.size)]
+
 
 def _ascii_alnum(c: str) -> bool:
     return c.isascii() and c.isalnum()

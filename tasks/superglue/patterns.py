@@ -178,7 +178,9 @@ def _wic_verbalizer(pid: int) -> tuple[str, ...]:
 
 
 def _multirc_parts(ex: Example, pid: int) -> Parts:
-    passage = remove_final_punc(_str(ex, "passage"))
+    # Trailing whitespace first, as the official pvp.py does: real MultiRC passages
+    # end in ". ", and without it the final "." survives next to the pattern's own.
+    passage = remove_final_punc(_str(ex, "passage").rstrip())
     question = remove_final_punc(_str(ex, "question"))
     answer = _str(ex, "answer")
     if pid == 0:

@@ -227,10 +227,18 @@ def _wsc(r: _Record, split: str, labelled: bool) -> list[Example]:
     if not 0 <= span2_index < len(words):
         raise target._fail("span2_index", f"{span2_index} is outside the {len(words)} words of 'text'")
     extra = r.get("candidates", list, required=False) or []
+    texts = []
     for i, c in enumerate(extra):
+        # Strings, or the official WSC-negative files' objects {"text": ...}.
+        if isinstance(c, dict) and isinstance(c.get("text"), str):
+            c = c["text"]
         if not isinstance(c, str):
-            raise r._fail(f"candidates[{i}]", f"expected str, got {type(c).__name__}")
-    negatives = [punctuation_standardization(c) for c in extra]
+            raise r._fail(f"candidates[{i}]", f'expected a str or {{"text": str}}, got {c!r:.60}')
+        texts.append(c)
+    negatives = [punctuation_standardization(c) for c in texts]
+    # Duplicates removed, order kept, as the official reader does. Unlike it, a
+    # negative equal to the gold span (case aside) is dropped too: scored as a wrong
+    # answer, it would push the loss against the right one.
     candidates = (span1, *[c for c in dict.fromkeys(negatives) if c.lower() != span1.lower()])
     fields = {"text": text, "span1_text": span1, "span2_text": span2, "span2_index": span2_index}
     return [Example(_guid(split, r), fields, label, candidates)]
