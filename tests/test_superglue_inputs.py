@@ -375,3 +375,12 @@ def test_multirc_passage_ending_in_a_space_gets_one_period(tmp_path: Path, patte
     before = text.split("question")[0]
     assert before.endswith("survived. "), text
     assert before.count(".") == 1, text
+
+
+def test_wsc_pronoun_glued_to_punctuation_is_split_off(tmp_path: Path):
+    line = {"text": 'Sam said "I told him," and left.', "idx": 0, "label": True,
+            "target": {"span1_index": 0, "span1_text": "Sam", "span2_index": 4, "span2_text": "him"}}
+    write(tmp_path, "WSC", "validation", [line])
+    (example,) = read_split(tmp_path, "WSC", "validation")
+    assert example.fields["text"] == 'Sam said "I told him ," and left.'
+    assert example.fields["text"].split()[example.fields["span2_index"]] == "him"
