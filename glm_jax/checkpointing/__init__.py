@@ -44,7 +44,7 @@ sync point in multi-process runs, where all hosts agree on the step::
 ``step`` is the number of completed train steps: the state saved at step s is the
 state after s updates, and the data iterator has yielded exactly s batches.
 
-Modules: ``checkpointer`` (CheckpointConfig, Checkpointer), ``data`` (data
+Modules: ``checkpointer`` (CheckpointConfig, Checkpointer; ``watchdog``: storage faults mid-save), ``data`` (data
 iterator positions), ``preemption`` (SIGTERM), ``items`` (orbax handlers for the
 data and config items).
 """

@@ -11,8 +11,6 @@ import json
 import logging
 import os
 import re
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -33,6 +31,7 @@ from glm_jax.checkpointing.items import (
     handler_registry,
 )
 from glm_jax.checkpointing.preemption import preemption_requested
+from glm_jax.checkpointing.watchdog import SaveWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +184,7 @@ class Checkpointer:
             # storage fault stops the run within one save interval.
             self._manager.check_for_errors()
             self._probe_writable()
-            with _SaveWatchdog(self._probe_writable):
+            with SaveWatchdog(self._probe_writable):
                 # force=True: the decision is made above, don't let orbax re-evaluate it.
                 started = self._manager.save(step, args=ocp.args.Composite(**items), force=True)
         if started:
@@ -423,58 +422,6 @@ class Checkpointer:
                 path.rename(target)
                 logger.warning("moved %s to %s (kept for inspection; delete it when done)", path, target)
         ocp.multihost.sync_global_processes(f"glm_jax_checkpoint_quarantine_{next(self._barrier_ids)}")
-
-
-class _SaveWatchdog:
-    """Interrupts the main thread when storage breaks during the blocking part of a save.
-
-    orbax 0.12 runs part of every save in the calling thread, waiting on signals
-    from helper threads; when the directory becomes unwritable mid-save, the
-    helper that fails never sends its signal and the caller waits forever (seen
-    in tests/test_faults.py). While that part runs, this watchdog probes the
-    directory once a second; if the probe fails, it raises the probe's error in
-    the main thread (a signal whose handler raises: a blocked ``join`` is
-    interruptible). It does nothing outside the main thread, where Python cannot
-    install signal handlers.
-    """
-
-    SIGNAL = signal.SIGUSR1
-
-    def __init__(self, probe, interval_s: float = 1.0):
-        self._probe = probe
-        self._interval_s = interval_s
-        self._error: Optional[OSError] = None
-        self._done = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-
-    def __enter__(self) -> "_SaveWatchdog":
-        if threading.current_thread() is not threading.main_thread():
-            return self
-        self._previous = signal.signal(self.SIGNAL, self._raise_in_main_thread)
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="glm-jax-save-watchdog")
-        self._thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self._done.wait(self._interval_s):
-            try:
-                self._probe()
-            except OSError as e:
-                self._error = e
-                signal.pthread_kill(threading.main_thread().ident, self.SIGNAL)
-                return
-
-    def _raise_in_main_thread(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        if self._error is not None:
-            raise self._error
-
-    def __exit__(self, *exc_info: Any) -> None:
-        if self._thread is None:
-            return
-        self._done.set()
-        self._thread.join()
-        signal.signal(self.SIGNAL, self._previous)
 
 
 def _absolute(directory: str) -> epath.Path:
