@@ -153,7 +153,8 @@ class CheckedIterator:
     Args:
       iterator: the pipeline iterator (a checkpointable one, or a plain iterator).
       provider: the seqio task or mixture it reads, whose sources are asked for a
-        recorded bad document.
+        recorded bad document (and whose name prefixes messages); None for a
+        pipeline of examples already read in Python.
       endless: the stream never ends by itself (training); if it does, that is an
         error too.
     """
@@ -182,17 +183,22 @@ class CheckedIterator:
         except StopIteration:
             failure = self._recorded_error()
             if failure is None and self._endless:
-                failure = f"data.task={self._provider.name}: the training data ended (is the train split empty?)"
+                failure = f"{self._where()}the training data ended (is the train split empty?)"
             if failure is None:
                 raise
         except tf.errors.OpError as e:
-            failure = self._recorded_error() or f"data.task={self._provider.name}: {pipeline_error_message(e)}"
+            failure = self._recorded_error() or f"{self._where()}{pipeline_error_message(e)}"
         # Raised outside the except block, with the pipeline released: the new
         # exception must not hold the old one's frames (and through them the iterator).
         self._iterator = None
         raise DataError(failure)
 
+    def _where(self) -> str:
+        return "" if self._provider is None else f"data.task={self._provider.name}: "
+
     def _recorded_error(self):
+        if self._provider is None:
+            return None
         for source in _provider_sources(self._provider):
             recorded = getattr(source, "recorded_error", None)  # tasks/sources.py file sources
             error = recorded() if recorded is not None else None

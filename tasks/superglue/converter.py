@@ -37,7 +37,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import pipeline_error_message
+from glm_jax.data import CheckedIterator
 from tasks.superglue.registry import ClozeTaskInfo, task_info
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
@@ -149,31 +149,14 @@ def resolve_num_choices(info: ClozeTaskInfo, split: str, num_choices: Optional[i
     return num_choices
 
 
-def _checked(iterator: Iterator[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-    """``iterator``, with an error of a pipeline op (e.g. an example that cannot be
-    encoded) raised as one ValueError line once the pipeline is released: a live
-    tf.data iterator over Python-read examples hangs the interpreter's exit."""
-    while True:
-        message = None
-        try:
-            batch = next(iterator)
-        except StopIteration:
-            return
-        except tf.errors.OpError as e:
-            message = pipeline_error_message(e)
-        if message is not None:
-            del iterator
-            raise ValueError(message)
-        yield batch
-
-
 def batch_numpy(ds: tf.data.Dataset, converter: ClozeFeatureConverter, batch_size: int, num_batches: int,
                 drop_remainder: bool) -> Iterator[dict[str, np.ndarray]]:
     """``num_batches`` batches of ``batch_size`` rows from model-feature examples;
     a short last batch is padded (or dropped with ``drop_remainder``), and missing
     batches are padding only."""
     emitted = 0
-    for batch in _checked(ds.batch(batch_size).as_numpy_iterator()):
+    # One plain error line, with the pipeline released first (glm_jax.data.CheckedIterator).
+    for batch in CheckedIterator(ds.batch(batch_size).as_numpy_iterator(), None, endless=False):
         if emitted == num_batches:
             break
         n = len(batch["example_id"])
