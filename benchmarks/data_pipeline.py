@@ -1,7 +1,7 @@
 """Throughput of the GLM pretraining data pipeline, per CPU core.
 
-Pipeline: synthetic tokenized documents -> tasks.windows.document_windows ->
-tasks.objectives.blank_infilling -> tasks.feature_converter.GLMFeatureConverter
+Pipeline: synthetic tokenized documents -> glm_jax.data.windows.document_windows ->
+glm_jax.data.objectives.blank_infilling -> glm_jax.data.feature_converter.GLMFeatureConverter
 (padded or packed) -> batches. tf.data runs on one thread (private thread pool of
 size 1, no intra-op parallelism), so the rates are per core; the CPU time of the
 whole process (the iterating Python thread included) is reported too, as
@@ -30,8 +30,8 @@ import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from glm_jax.command_tokens import CommandTokens  # noqa: E402
-from tasks import objectives, windows  # noqa: E402
-from tasks.feature_converter import GLMFeatureConverter  # noqa: E402
+from glm_jax.data import objectives, windows  # noqa: E402
+from glm_jax.data.feature_converter import GLMFeatureConverter  # noqa: E402
 
 COMMAND_TOKENS = CommandTokens(pad=0, eos=1, cls=2, mask=3, sop=4, eop=5, unk=6, smask=7, gmask=8, dblock=9)
 VOCAB = 50_000

@@ -38,7 +38,7 @@ import numpy as np
 
 from glm_jax.command_tokens import CommandTokens
 from glm_jax.decoding import DecodeSettings, build_context, search
-from glm_jax.decoding.layout import pad_contexts
+from glm_jax.decoding.prompt_layout import pad_contexts
 from glm_jax.model import GLM, ModelConfig
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"

@@ -10,7 +10,7 @@ mesh. Times are the median of ``--steps`` steps after two warm-up steps (the fir
 compiles); each timed step blocks on its result, so the figure is device time plus
 dispatch, with no input pipeline. MFU = achieved FLOP/s over the devices' peak
 (``--peak-tflops`` per device; ``--measure-peak`` times a large bf16 matmul on the
-device in the same run, the peak issue 9 asks for; else glm_jax.trainer.PEAK_TFLOPS;
+device in the same run, the peak issue 9 asks for; else glm_jax.loop.PEAK_TFLOPS;
 none on CPU), with
 FLOPs from glm_jax.metrics.train_flops_per_token (6N plus full attention).
 Appends a row to benchmarks/RESULTS.md with the device, date, commit and command.
@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from glm_jax import metrics, sharding, train
+from glm_jax import metrics, sharding, train, train_state
 from glm_jax.model.presets import get_preset
 from glm_jax.optim import OptimizerConfig, make_optimizer
 
@@ -95,7 +95,7 @@ def build_step(args):
     )
     mesh = sharding.make_mesh((1, -1, 1))
     optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=1, decay_steps=10_000))
-    state = train.init_train_state(config, optimizer, mesh, 0)
+    state = train_state.init_train_state(config, optimizer, mesh, 0)
     step = train.make_train_step(config, optimizer, mesh, schedule=schedule, num_microbatches=args.microbatches)
     from glm_jax.multihost import global_batch_from_local
 
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         peak = measure_matmul_peak()
         print(f"measured bf16 matmul peak: {peak:.1f} TFLOP/s per device")
     if peak is None:
-        from glm_jax.trainer import PEAK_TFLOPS
+        from glm_jax.loop import PEAK_TFLOPS
 
         peak = PEAK_TFLOPS.get(device.device_kind)
     mfu = f"{100 * flops / (peak * 1e12 * jax.device_count()):.1f}%" if peak else "n/a (no peak for this device)"

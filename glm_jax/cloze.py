@@ -1,7 +1,6 @@
 """NLU as cloze (spec 4.1): choice logits from GLM outputs, the losses, predictions.
 
-Two kinds of tasks (the batch layout is tasks/superglue/inputs.py's, see
-/work/notes/superglue_contract.md):
+Two kinds of tasks (the batch layout is glm_jax/data/superglue/inputs.py's):
 
 * Single-token verbalizers (BoolQ, CB, RTE, WiC, MultiRC), one row per example.
   The logits of the ``[sop]`` row (index ``sep``) are read at the K verbalizer
@@ -27,6 +26,7 @@ and dropout streams. glm_jax/finetune.py runs them epoch by epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Optional
@@ -35,9 +35,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from glm_jax import multihost, sharding, train
+from glm_jax import multihost, sharding, train, train_state
 from glm_jax.model import GLM, ModelConfig
 from glm_jax.optim import make_optimizer
 
@@ -308,72 +307,30 @@ def _check_batch(batch: Mapping[str, Any], mesh, num_microbatches: int) -> None:
     train.check_batch_divisible(batch["tokens"].shape[0], mesh, num_microbatches, "finetune.num_microbatches")
 
 
-def make_train_step(
-    model_config: ModelConfig,
-    optimizer: optax.GradientTransformation,
-    mesh,
-    *,
-    schedule: Optional[Callable[[Any], jax.Array]] = None,
-    loss: str = "cross_entropy",
-    length_penalty: float = 0.0,
-    num_microbatches: int = 1,
-    seed: int = 0,
-    skip_nonfinite: bool = False,
-    rules: Any = sharding.LOGICAL_AXIS_RULES,
-) -> Callable[[train.TrainState, Batch], tuple[train.TrainState, dict[str, jax.Array]]]:
-    """The jitted, state-donating update ``(state, batch, answer_window=None) ->
-    (state, metrics)``; ``answer_window`` (static) as in :func:`choice_logits`.
+@dataclasses.dataclass(frozen=True)
+class ChoiceLoss:
+    """The cloze loss for :func:`glm_jax.train.make_train_step` (the protocol of
+    ``train.TokenLoss``): the per-example loss over the choices (``loss``:
+    cross-entropy, or WSC's ``mix``), summed over the real examples and divided by
+    the global batch's count of them; dropout on. The step's static argument is
+    the answer window of a multi-token batch (:func:`answer_window`)."""
 
-    The loss is the mean over the batch's real examples (example_weights) of
-    the per-example cloze loss, with dropout. Metrics (device scalars): ``loss``,
-    ``accuracy``, ``grad_norm``, ``param_norm`` and ``nonfinite``
-    (:func:`glm_jax.train.apply_update`, which ``skip_nonfinite`` is passed to),
-    ``examples``, ``tokens`` (rows x length) and, with a schedule, ``learning_rate``.
-    """
-    model = GLM(model_config)
-    _, state_shardings = train.train_state_shardings(model_config, optimizer, mesh, rules)
+    loss: str = "cross_entropy"
+    length_penalty: float = 0.0
+    count = "examples"
 
-    def train_step(state: train.TrainState, batch: Batch, answer_window: Optional[int] = None):
+    def check(self, batch: Batch, mesh, num_microbatches: int) -> None:
         _check_batch(batch, mesh, num_microbatches)
-        # The global count of real examples: each microbatch's loss sum over it adds
-        # up to the full-batch mean (as train.loss_and_grads does with tokens).
-        denominator = jnp.maximum(jnp.sum(example_weights(batch)), 1.0)
 
-        def microbatch_loss(params, micro, rng):
-            logits = choice_logits(
-                model, params, micro, length_penalty=length_penalty, answer_window=answer_window,
-                deterministic=False, rngs={"dropout": rng},
-            )
-            sums = cloze_sums(logits, micro, loss)
-            return sums.loss / denominator, sums
+    def denominator(self, batch: Batch) -> Array:
+        return jnp.maximum(jnp.sum(example_weights(batch)), 1.0)
 
-        with train.tracing_under(mesh, rules):
-            grads, sums = train.accumulate_gradients(
-                microbatch_loss, state.params, batch, train.dropout_rng(seed, state.step),
-                num_microbatches=num_microbatches, grad_shardings=state_shardings.params,
-            )
-            loss_value = sums.loss / jnp.maximum(sums.examples, 1.0)
-            new_state, health = train.apply_update(
-                optimizer, state, grads, loss_value, skip_nonfinite=skip_nonfinite
-            )
-        metrics = {
-            "loss": loss_value,
-            "accuracy": sums.correct / jnp.maximum(sums.examples, 1.0),
-            **health,
-            "examples": sums.examples,
-            "tokens": jnp.asarray(math.prod(batch["tokens"].shape), jnp.float32),
-        }
-        if schedule is not None:
-            metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-        return new_state, metrics
-
-    return jax.jit(
-        train_step,
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, train.replicated(mesh)),
-        static_argnums=2,
-        donate_argnums=0,
-    )
+    def __call__(self, model, params, batch, static=None, *, deterministic=False, rngs=None) -> dict[str, Array]:
+        logits = choice_logits(
+            model, params, batch, length_penalty=self.length_penalty, answer_window=static,
+            deterministic=deterministic, rngs=rngs,
+        )
+        return cloze_sums(logits, batch, self.loss)._asdict()
 
 
 def make_eval_step(
@@ -389,11 +346,11 @@ def make_eval_step(
     ``[B, K]`` (replicated, so every process sees all rows) and the sums ``loss``,
     ``correct``, ``examples`` over the real labelled examples."""
     model = GLM(model_config)
-    _, param_shardings = train.params_layout(model_config, mesh, rules)
+    _, param_shardings = train_state.params_layout(model_config, mesh, rules)
 
     def eval_step(params, batch, answer_window=None):
         _check_batch(batch, mesh, 1)
-        with train.tracing_under(mesh, rules):
+        with train_state.tracing_under(mesh, rules):
             logits = choice_logits(model, params, batch, length_penalty=length_penalty, answer_window=answer_window)
             sums = cloze_sums(logits, batch, loss)
         return {"choice_logits": logits, **sums._asdict()}
@@ -401,7 +358,7 @@ def make_eval_step(
     return jax.jit(
         eval_step,
         in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=train.replicated(mesh),
+        out_shardings=train_state.replicated(mesh),
         static_argnums=2,
     )
 
@@ -459,8 +416,8 @@ def steps_for(model_config, optimizer_config, mesh, loss, length_penalty, num_mi
     settings in a process: a later run with the same settings (a restart, another
     output directory) finds its jitted steps compiled already."""
     optimizer, schedule = make_optimizer(optimizer_config)
-    train_step = make_train_step(
-        model_config, optimizer, mesh, schedule=schedule, loss=loss, length_penalty=length_penalty,
+    train_step = train.make_train_step(
+        model_config, optimizer, mesh, loss=ChoiceLoss(loss, length_penalty), schedule=schedule,
         num_microbatches=num_microbatches, seed=seed, skip_nonfinite=skip_nonfinite,
     )
     return optimizer, train_step, eval_step_for(model_config, mesh, loss, length_penalty)

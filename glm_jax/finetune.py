@@ -8,16 +8,16 @@ best over epochs. The best parameters are exported as a glm-jax model directory
 (``<output_dir>/best``, with the tokenizer of the starting model) and described in
 ``<output_dir>/best.json``.
 
-The pieces are the pretraining loop's: the train state, its shardings and the
-gradient accumulation (glm_jax/train.py), orbax checkpoints with preemption
-(glm_jax/checkpointing), progress lines and TensorBoard scalars
-(glm_jax/metrics.py); only the loss (glm_jax/cloze.py) and the epoch structure
-differ. A run restarted with the same output directory resumes from its latest
-checkpoint: the data position is a function of the step (epoch ``step //
-steps_per_epoch``, shuffled with ``seed + epoch``, that many batches skipped).
+It runs on the one training loop (glm_jax/loop.py) that pretraining runs on, with
+the one step factory (glm_jax/train.py); what fine-tuning plugs in is the cloze
+loss (``cloze.ChoiceLoss``), epoch boundaries (logged, saved and evaluated), the
+epoch evaluation with best-model export, and the pretrained starting state. A run
+restarted with the same output directory resumes from its latest checkpoint: the
+data position is a function of the step (epoch ``step // steps_per_epoch``,
+shuffled with ``seed + epoch``, that many batches skipped).
 
 Where the batches and the validation metrics come from is a :class:`ClozeData`:
-``glm_jax.finetune_cli.SuperGLUEData`` for the seqio tasks of tasks/superglue, or
+``glm_jax.data.superglue.finetune_data.SuperGLUEData`` for the SuperGLUE seqio tasks, or
 anything with its three methods.
 """
 
@@ -33,9 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from glm_jax import cloze, multihost, nonfinite, sharding, train
-from glm_jax import metrics as metrics_lib
-from glm_jax.checkpointing import CheckpointConfig, Checkpointer, install_preemption_handler
+from glm_jax import cloze, loop, multihost, nonfinite, sharding, train_state
+from glm_jax.checkpointing import CheckpointConfig
+from glm_jax.model_dir import replace_model_dir
+from glm_jax.typed_config import require_at_least, require_divisible, require_positive, to_yaml
 from glm_jax.model import ModelConfig
 from glm_jax.model.config import RUNTIME_FIELDS, architecture_changes
 from glm_jax.optim import OptimizerConfig
@@ -78,6 +79,7 @@ class FinetuneConfig:
       output_dir: checkpoints/, logs/, eval/epoch_N/ predictions, best/, best.json.
       log_every: steps between progress lines.
       on_nonfinite, max_consecutive_skips: as in ``train`` (glm_jax/nonfinite.py).
+      peak_tflops: as in ``train``: the devices' peak for the MFU estimate.
     """
 
     task: Optional[str] = None
@@ -98,23 +100,16 @@ class FinetuneConfig:
     log_every: int = 10
     on_nonfinite: str = "stop"
     max_consecutive_skips: int = 10
+    peak_tflops: Optional[float] = None
 
     def __post_init__(self):
         nonfinite.check_policy(self.on_nonfinite, self.max_consecutive_skips, "finetune")
-        for name in ("epochs", "batch_size", "eval_batch_size", "num_microbatches", "log_every"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"finetune.{name} must be positive, got {getattr(self, name)}")
-        if self.batch_size % self.num_microbatches:
-            raise ValueError(
-                f"finetune.batch_size ({self.batch_size}) must be divisible by "
-                f"finetune.num_microbatches ({self.num_microbatches})"
-            )
+        require_positive("finetune", self, "epochs", "batch_size", "eval_batch_size", "num_microbatches", "log_every")
+        require_divisible("finetune", self, "batch_size", "num_microbatches")
         if self.loss not in cloze.LOSSES:
             raise ValueError(f"finetune.loss must be one of {cloze.LOSSES}, got {self.loss!r}")
-        if self.length_penalty < 0:
-            raise ValueError(f"finetune.length_penalty must be >= 0, got {self.length_penalty}")
-        if self.max_seq_length is not None and self.max_seq_length < 8:
-            raise ValueError(f"finetune.max_seq_length must be >= 8 or null, got {self.max_seq_length}")
+        require_at_least("finetune", self, 0, "length_penalty")
+        require_at_least("finetune", self, 8, "max_seq_length", or_null=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,8 +129,6 @@ class FinetuneRunConfig:
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
 
     def __str__(self) -> str:
-        from glm_jax.config import to_yaml
-
         return to_yaml(self)
 
 
@@ -178,7 +171,7 @@ class ClozeData(Protocol):
 class FinetuneResult:
     """What a run leaves behind besides its files."""
 
-    state: train.TrainState
+    state: train_state.TrainState
     start_step: int
     final_step: int
     steps_per_epoch: int
@@ -195,7 +188,8 @@ def run(
     tokenizer: Any = None,
     print_fn: Callable[[str], None] = print,
 ) -> FinetuneResult:
-    """Fine-tune, evaluating at each epoch end and exporting the best model.
+    """Fine-tune on the one training loop (glm_jax/loop.py), evaluating at each
+    epoch end and exporting the best model.
 
     Args:
       config: the resolved run config (saved with each checkpoint).
@@ -203,11 +197,10 @@ def run(
       pretrained: ``param_shardings -> params``, the starting weights laid out as
         asked (e.g. ``lambda s: load_model_dir(path, shardings=s)[1]``); not called
         when resuming from a checkpoint.
-      tokenizer: a ``glm_jax.model_dir.TokenizerConfig`` with absolute file paths,
-        stored with the exported best model; None exports weights and config only.
+      tokenizer: a ``glm_jax.data.tokenizers.TokenizerConfig`` with absolute file
+        paths, stored with the exported best model; None exports weights and config only.
     """
     ft = config.finetune
-    is_main = jax.process_index() == 0
     output_dir = Path(ft.output_dir)
     mesh = sharding.mesh_from_config(config.mesh)
     steps_per_epoch = data.steps_per_epoch()
@@ -223,130 +216,75 @@ def run(
         config.model, config.optimizer, mesh, ft.loss, ft.length_penalty, ft.num_microbatches, ft.seed,
         ft.on_nonfinite == "skip_step",
     )
-    abstract_state, state_shardings = train.train_state_shardings(config.model, optimizer, mesh)
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, state_shardings
-    )
-    ckpt_config = config.checkpoint
-    if ckpt_config.directory is None:
-        ckpt_config = dataclasses.replace(ckpt_config, directory=str(output_dir / "checkpoints"))
+    best = read_best(output_dir)
 
-    writer = metrics_lib.MetricsWriter(output_dir / "logs", enabled=is_main)
-    history: list[dict[str, float]] = []
-    stopped_early = False
-    guard = nonfinite.NonFiniteGuard(ft.on_nonfinite, ft.max_consecutive_skips, "finetune")
-    with install_preemption_handler(), Checkpointer(ckpt_config) as checkpointer:
-        restored = checkpointer.restore_latest(target)
-        if restored is None:
-            start_step, state = 0, _initial_state(pretrained(state_shardings.params), optimizer, state_shardings)
-        else:
-            start_step, state = restored
-            print_fn(f"resumed from step {start_step} ({ckpt_config.directory})")
-        best = read_best(output_dir)
-        if is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "config.yaml").write_text(str(config))
-        print_fn(
+    def batches(start_step: int) -> Iterator[Batch]:
+        # The position is a function of the step: epoch e is shuffled with seed + e.
+        for epoch in range(start_step // steps_per_epoch, ft.epochs):
+            skip = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
+            served = skip
+            for batch in itertools.islice(iter(data.train_batches(epoch)), skip, steps_per_epoch):
+                served += 1
+                yield batch
+            if served < steps_per_epoch:
+                raise ValueError(
+                    f"the training data of epoch {epoch + 1} ended after step {epoch * steps_per_epoch + served}, "
+                    f"before its {steps_per_epoch} batches (ClozeData.steps_per_epoch)"
+                )
+
+    def end_epoch(step: int, state: train_state.TrainState, writer) -> dict[str, Any]:
+        nonlocal best
+        record, best = _end_epoch(config, data, eval_step, state, step, step // steps_per_epoch, mesh, writer, best,
+                                  tokenizer, print_fn)
+        return record
+
+    def describe(start_step: int, mesh) -> list[str]:
+        oc = config.optimizer
+        return [
             f"fine-tuning {ft.task} on {jax.device_count()} {jax.devices()[0].platform} device(s), mesh "
             f"{dict(mesh.shape)}: {ft.epochs} epochs x {steps_per_epoch} steps of {ft.batch_size} examples, "
-            f"steps {start_step}->{total}"
-        )
-        oc = config.optimizer
-        print_fn(
+            f"steps {start_step}->{total}",
             f"learning rate: peak {oc.learning_rate:g}, warmup {oc.warmup_iters:g} steps, {oc.decay_style} decay "
-            f"to {oc.lr_decay_ratio:g}x at step {total} (optimizer.decay_steps = epochs x steps per epoch)"
-        )
-        resumed_at_epoch_end = start_step and start_step % steps_per_epoch == 0
-        if resumed_at_epoch_end and not _epoch_evaluated(ft.output_dir, start_step // steps_per_epoch):
-            # Saved at the epoch's end, then stopped before its evaluation finished:
-            # evaluate it now, so the best-epoch choice sees every epoch.
-            record, best = _end_epoch(config, data, eval_step, state, start_step, start_step // steps_per_epoch, mesh,
-                                      writer, best, tokenizer, print_fn)
-            history.append(record)
-        progress, interval, step = None, [], start_step
-        while step < total and not stopped_early:
-            epoch = step // steps_per_epoch
-            batches = itertools.islice(iter(data.train_batches(epoch)), step % steps_per_epoch, None)
-            for local_batch in batches:
-                batch = multihost.global_batch_from_local(
-                    {k: np.asarray(v) for k, v in local_batch.items()}, mesh, ft.batch_size
-                )
-                if progress is None:
-                    progress = metrics_lib.Progress(
-                        total, metrics_lib.train_flops_per_token(config.model, batch["tokens"].shape[-1]),
-                        _peak_flops(), start_step=step,
-                    )
-                # Multi-token rows need logits only over their answers (cloze.window_logits).
-                window = cloze.answer_window(local_batch["loss_mask"]) if cloze.is_multi_token(local_batch) else None
-                state, step_metrics = train_step(state, batch, window)
-                step += 1
-                interval.append(step_metrics)
-                guard.observe(step, step_metrics)
-                epoch_end = step % steps_per_epoch == 0
-                if step % ft.log_every == 0 or epoch_end:
-                    history.append(_log_interval(step, epoch, interval, progress, writer, print_fn))
-                    interval = []
-                stop = checkpointer.should_stop(step)
-                if stop or epoch_end or checkpointer.would_save(step):
-                    # A NaN state is never saved, evaluated or exported (glm_jax/nonfinite.py).
-                    guard.check(checkpointer.describe_latest())
-                    checkpointer.save(step, state, config=config, force=stop or epoch_end)
-                if epoch_end:
-                    record, best = _end_epoch(config, data, eval_step, state, step, epoch + 1, mesh, writer, best,
-                                              tokenizer, print_fn)
-                    history.append(record)
-                if stop:
-                    print_fn(f"preempted: saved step {step} and stopping")
-                    stopped_early = True
-                    break
-                if epoch_end:
-                    break
-            else:
-                raise ValueError(
-                    f"the training data of epoch {epoch + 1} ended after step {step}, before its "
-                    f"{steps_per_epoch} batches (ClozeData.steps_per_epoch)"
-                )
-    writer.close()
-    if best is not None and not stopped_early:
+            f"to {oc.lr_decay_ratio:g}x at step {total} (optimizer.decay_steps = epochs x steps per epoch)",
+        ]
+
+    task = loop.LoopTask(
+        train_step=train_step,
+        batches=batches,
+        init_state=lambda shardings: _initial_state(pretrained(shardings.params), optimizer, shardings),
+        weight_key=cloze.ChoiceLoss.count,
+        is_boundary=lambda step: step % steps_per_epoch == 0,
+        evaluate=end_epoch,
+        # Saved at an epoch's end, then stopped before its evaluation finished:
+        # evaluate it first, so the best-epoch choice sees every epoch.
+        pending_evaluation=lambda step: step % steps_per_epoch == 0 and not _epoch_evaluated(
+            ft.output_dir, step // steps_per_epoch),
+        # Multi-token rows need logits only over their answers (cloze.window_logits).
+        static=lambda batch: cloze.answer_window(batch["loss_mask"]) if cloze.is_multi_token(batch) else None,
+        extra=lambda step: {"epoch": (step - 1) // steps_per_epoch + 1},
+        describe=describe,
+    )
+    settings = loop.LoopSettings(
+        section="finetune", total_steps=total, global_batch_size=ft.batch_size, log_every=ft.log_every,
+        output_dir=ft.output_dir, on_nonfinite=ft.on_nonfinite, max_consecutive_skips=ft.max_consecutive_skips,
+        peak_tflops=ft.peak_tflops,
+    )
+    result = loop.run(settings, task, run_config=config, model_config=config.model, optimizer=optimizer, mesh=mesh,
+                      checkpoint=config.checkpoint, print_fn=print_fn)
+    if best is not None and not result.stopped_early:
         print_fn(
             f"best {best['metric']} {best['score']:.2f} at epoch {best['epoch']} (step {best['step']}); "
             f"model in {output_dir / BEST_DIR}"
         )
-    return FinetuneResult(state, start_step, step, steps_per_epoch, history, best, stopped_early)
+    return FinetuneResult(result.state, result.start_step, result.final_step, steps_per_epoch, result.history, best,
+                          result.stopped_early)
 
 
-def _initial_state(params: Any, optimizer, state_shardings: train.TrainState) -> train.TrainState:
+def _initial_state(params: Any, optimizer, state_shardings: train_state.TrainState) -> train_state.TrainState:
     def init(p):
-        return train.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
+        return train_state.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=optimizer.init(p))
 
     return jax.jit(init, in_shardings=(state_shardings.params,), out_shardings=state_shardings)(params)
-
-
-def _peak_flops() -> Optional[float]:
-    from glm_jax.trainer import PEAK_TFLOPS
-
-    per_device = PEAK_TFLOPS.get(jax.devices()[0].device_kind)
-    return None if per_device is None else per_device * 1e12 * jax.device_count()
-
-
-def _log_interval(step, epoch, interval, progress, writer, print_fn) -> dict[str, float]:
-    host = [metrics_lib.to_host(m) for m in interval]
-    examples = max(sum(m["examples"] for m in host), 1.0)
-    record = {
-        # Example-weighted over the interval, like each step's loss.
-        "loss": sum(m["loss"] * m["examples"] for m in host) / examples,
-        "accuracy": sum(m["accuracy"] * m["examples"] for m in host) / examples,
-        "grad_norm": host[-1]["grad_norm"],
-        "param_norm": host[-1]["param_norm"],
-        "learning_rate": host[-1].get("learning_rate", float("nan")),
-        "skipped_steps": sum(m["nonfinite"] for m in host),
-    }
-    rates = progress.update(step, sum(m["tokens"] for m in host))
-    record.update(rates)
-    writer.write(step, record, prefix="train/")
-    writer.flush()
-    print_fn(f"epoch {epoch + 1} | " + progress.line(step, record, rates))
-    return {"step": step, "epoch": epoch + 1, **record}
 
 
 EPOCH_DONE = "evaluated.json"  # eval/epoch_N/evaluated.json: epoch N is evaluated and its best kept
@@ -424,7 +362,5 @@ def export_model_dir(
 ) -> Path:
     """Write the model directory ``final`` from host params (glm_jax.model_dir.replace_model_dir);
     with ``run_config``, its YAML goes beside the weights as :data:`RUN_CONFIG`."""
-    from glm_jax.model_dir import replace_model_dir
-
     extra = {RUN_CONFIG: str(run_config)} if run_config is not None else None
     return replace_model_dir(final, model_config, host_params, tokenizer=tokenizer, extra_files=extra)

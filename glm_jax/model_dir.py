@@ -14,11 +14,11 @@ directory whose config and params disagree is rejected with the offending path
 named, at save time rather than at the first forward pass.
 
 The tokenizer. ``tokenizer.yaml`` names its kind (``sentencepiece``: glm-jax's own
-``tasks.vocab.GLMVocabulary``; ``bert``, ``gpt2``, ``roberta``, ``chinese``: the
-official GLM tokenizers of ``tasks.official_vocabs``), its files (relative to the
+``glm_jax.data.vocab.GLMVocabulary``; ``bert``, ``gpt2``, ``roberta``, ``chinese``: the
+official GLM tokenizers of ``glm_jax.data.official_vocabs``), its files (relative to the
 directory), the options that change command-token ids (``task_mask``,
 ``decoder_mask``, ``fix_command_token``, ``pad_to_multiple_of``) and the
-``input_style`` (official or hf, glm_jax/decoding/layout.py). :func:`load_vocabulary`
+``input_style`` (official or hf, glm_jax/decoding/prompt_layout.py). :func:`load_vocabulary`
 rebuilds the seqio vocabulary from it, so that ``glm-jax generate`` and ``glm-jax
 eval`` need nothing but the directory. A directory written before tokenizer.yaml
 existed, with only ``vocab.model``, loads as ``sentencepiece``.
@@ -35,7 +35,7 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -45,13 +45,16 @@ import orbax.checkpoint as ocp
 import yaml
 
 from glm_jax import config as config_lib
+from glm_jax.data.tokenizers import (  # noqa: F401  (the tokenizer record is part of the directory format)
+    INPUT_STYLES, STORED_NAMES, TOKENIZER_KINDS, VOCAB_FILE, TokenizerConfig, build_vocabulary,
+    check_vocabulary_fits, sentencepiece_vocabulary, tokenizer_of,
+)
 from glm_jax.model import GLM, ModelConfig
 
 PathLike = Union[str, Path]
 
 CONFIG_FILE = "config.yaml"
 PARAMS_DIR = "params"
-VOCAB_FILE = "vocab.model"
 TOKENIZER_FILE = "tokenizer.yaml"
 
 
@@ -248,180 +251,6 @@ def ensure_empty_dir(path: PathLike) -> Path:
 
 # ----------------------------------------------------------------------------- tokenizer.yaml
 
-TokenizerKind = Literal["sentencepiece", "bert", "gpt2", "roberta", "chinese"]
-TOKENIZER_KINDS = ("sentencepiece", "bert", "gpt2", "roberta", "chinese")
-INPUT_STYLES = ("official", "hf")
-
-#: The names a kind's files get inside a model directory: (vocab_file, merges_file).
-STORED_NAMES: dict[str, tuple[str, Optional[str]]] = {
-    "sentencepiece": (VOCAB_FILE, None),
-    "bert": ("vocab.txt", None),
-    "gpt2": ("vocab.json", "merges.txt"),
-    "roberta": ("vocab.json", "merges.txt"),
-    "chinese": ("cog-pretrain.model", None),
-}
-
-#: task_mask when not given: as the released checkpoints' configs have it (spec 1.1).
-#: GLM-RoBERTa was pretrained with task masks but its finetune config (and the
-#: Hugging Face tokenizer) has none; the padded size is the same either way.
-DEFAULT_TASK_MASK = {"bert": False, "roberta": False, "gpt2": True, "chinese": True}
-
-
-@dataclasses.dataclass(frozen=True)
-class TokenizerConfig:
-    """``tokenizer.yaml``: which vocabulary a model uses, and how its inputs are built.
-
-    Attributes:
-      kind: ``sentencepiece`` (tasks.vocab.GLMVocabulary) or an official GLM
-        tokenizer: ``bert``, ``gpt2``, ``roberta``, ``chinese`` (tasks.official_vocabs).
-      vocab_file: the sentencepiece model, ``vocab.txt``, ``vocab.json`` or
-        ``cog-pretrain.model``; relative paths are relative to the model directory.
-      merges_file: ``gpt2``/``roberta``: ``merges.txt`` (default: beside vocab_file).
-      task_mask: official kinds: the vocabulary has ``[gMASK]``/``[sMASK]`` (the
-        official ``--task-mask``); default per kind (DEFAULT_TASK_MASK).
-        sentencepiece: always has them (null or true).
-      decoder_mask: official kinds: the vocabulary has ``[dBLOCK]``. sentencepiece:
-        always has it (null or true).
-      fix_command_token: ``chinese`` only, and required there: True for
-        GLM-Large-Chinese and the Hugging Face glm-10b-chinese, False for the repo's
-        GLM-10B-Chinese (gMASK = eop).
-      pad_to_multiple_of: the vocabulary size is padded to a multiple of this (128
-        in every released checkpoint).
-      input_style: ``official`` or ``hf``: how generation and scoring build their
-        inputs (glm_jax.decoding.layout.input_style).
-    """
-
-    kind: TokenizerKind
-    vocab_file: str
-    merges_file: Optional[str] = None
-    task_mask: Optional[bool] = None
-    decoder_mask: Optional[bool] = None
-    fix_command_token: Optional[bool] = None
-    pad_to_multiple_of: int = 128
-    input_style: Literal["official", "hf"] = "official"
-
-    def __post_init__(self):
-        if self.kind not in TOKENIZER_KINDS:
-            raise ValueError(f"kind must be one of {TOKENIZER_KINDS}, got {self.kind!r}")
-        if self.input_style not in INPUT_STYLES:
-            raise ValueError(f"input_style must be one of {INPUT_STYLES}, got {self.input_style!r}")
-        if self.pad_to_multiple_of < 1:
-            raise ValueError(f"pad_to_multiple_of must be >= 1, got {self.pad_to_multiple_of}")
-        if self.merges_file is not None and self.kind not in ("gpt2", "roberta"):
-            raise ValueError(f"merges_file applies to kinds gpt2 and roberta, not {self.kind!r}")
-        if self.kind == "chinese" and self.fix_command_token is None:
-            raise ValueError(
-                "kind 'chinese' needs fix_command_token: true for GLM-Large-Chinese and the Hugging Face "
-                "glm-10b-chinese (gMASK 50009), false for the repo's GLM-10B-Chinese (gMASK 50007 = eop)"
-            )
-        if self.kind != "chinese" and self.fix_command_token is not None:
-            raise ValueError(f"fix_command_token applies to kind 'chinese' only, not {self.kind!r}")
-        if self.kind == "sentencepiece":
-            for name in ("task_mask", "decoder_mask"):
-                if getattr(self, name) is False:
-                    raise ValueError(f"the sentencepiece vocabulary always has its task and decoder masks; {name} cannot be false")
-        else:
-            # Resolve the defaults, so that tokenizer.yaml states every choice.
-            if self.task_mask is None:
-                object.__setattr__(self, "task_mask", DEFAULT_TASK_MASK[self.kind])
-            if self.decoder_mask is None:
-                object.__setattr__(self, "decoder_mask", False)
-
-    def files(self, base: Optional[PathLike] = None) -> dict[str, Path]:
-        """``{"vocab_file": path}`` (+ ``"merges_file"`` for BPE), relative paths
-        joined to ``base``."""
-        root = Path(base) if base is not None else Path()
-        out = {"vocab_file": root / self.vocab_file}
-        if self.kind in ("gpt2", "roberta"):
-            merges = Path(self.merges_file) if self.merges_file is not None else Path(self.vocab_file).parent / "merges.txt"
-            out["merges_file"] = root / merges
-        return out
-
-
-def tokenizer_of(vocab: Any) -> TokenizerConfig:
-    """The record of a vocabulary object (ours or an official one), to save beside a model.
-
-    Raises:
-      ValueError: a vocabulary type this format cannot describe (named).
-    """
-    from tasks.official_vocabs.base import OfficialVocabulary
-    from tasks.vocab import GLMVocabulary
-
-    if isinstance(vocab, GLMVocabulary):
-        return TokenizerConfig(kind="sentencepiece", vocab_file=vocab.sentencepiece_model_file,
-                               pad_to_multiple_of=vocab._pad_to_multiple_of)
-    if isinstance(vocab, OfficialVocabulary):
-        files = vocab.files
-        return TokenizerConfig(
-            kind=vocab.kind, vocab_file=files[0], merges_file=files[1] if len(files) > 1 else None,
-            task_mask=vocab._task_mask, decoder_mask=vocab._decoder_mask,
-            fix_command_token=vocab.fix_command_token if vocab.kind == "chinese" else None,
-            pad_to_multiple_of=vocab._pad_to_multiple_of,
-        )
-    raise ValueError(f"cannot record a vocabulary of type {type(vocab).__name__} in a model directory")
-
-
-def build_vocabulary(tokenizer: TokenizerConfig, base: Optional[PathLike] = None) -> Any:
-    """The seqio vocabulary (with ``.command_tokens``) that ``tokenizer`` describes.
-
-    Args:
-      tokenizer: the tokenizer record.
-      base: the directory its relative file paths are relative to (a model
-        directory); None: as given.
-
-    Raises:
-      FileNotFoundError: a file is missing (named); ValueError: a file is malformed.
-    """
-    files = tokenizer.files(base)
-    for role, path in files.items():
-        if not path.is_file():
-            raise FileNotFoundError(f"{tokenizer.kind} tokenizer: {role} {path} does not exist")
-    if tokenizer.kind == "sentencepiece":
-        from tasks.vocab import GLMVocabulary
-
-        vocab = GLMVocabulary(files["vocab_file"], pad_to_multiple_of=tokenizer.pad_to_multiple_of)
-    else:
-        from tasks.official_vocabs import official_vocabulary
-
-        vocab = official_vocabulary(
-            tokenizer.kind,
-            files["vocab_file"],
-            merges_file=files.get("merges_file"),
-            task_mask=bool(tokenizer.task_mask),
-            decoder_mask=bool(tokenizer.decoder_mask),
-            fix_command_token=tokenizer.fix_command_token,
-            pad_to_multiple_of=tokenizer.pad_to_multiple_of,
-        )
-    _ = vocab.command_tokens  # load now: a bad file fails here, naming itself
-    return vocab
-
-
-def check_vocabulary_fits(
-    vocab: Any, tokenizer: TokenizerConfig, vocab_size: int, *, where: str, base: Optional[PathLike] = None
-) -> None:
-    """Require ``vocab`` to fit a model with ``vocab_size`` embedding rows.
-
-    Official kinds must match exactly (the official code sizes the embedding from
-    its tokenizer); sentencepiece may be smaller. Raises ValueError naming both.
-    """
-    size = int(vocab.vocab_size)
-    official = tokenizer.kind != "sentencepiece"
-    if size == vocab_size or (not official and size < vocab_size):
-        return
-    files = ", ".join(str(p) for p in tokenizer.files(base).values())
-    hint = (
-        " The official GLM tokenizers give 30592 (bert), 50304 (gpt2, roberta) and 50048 (chinese) with the "
-        "real files; check the tokenizer kind and files match the checkpoint "
-        f"(sizes are padded to a multiple of pad_to_multiple_of={tokenizer.pad_to_multiple_of})."
-        if official
-        else ""
-    )
-    raise ValueError(
-        f"{where}: the {tokenizer.kind} vocabulary ({files}) has vocab_size={size}, but the model has "
-        f"vocab_size={vocab_size}{' (they must be equal)' if official else ''}.{hint}"
-    )
-
-
 def write_tokenizer(path: PathLike, tokenizer: TokenizerConfig) -> TokenizerConfig:
     """Copy ``tokenizer``'s files into the model directory ``path`` under their
     standard names (STORED_NAMES) and write ``tokenizer.yaml``; returns the stored record."""
@@ -462,7 +291,7 @@ def load_vocabulary(path: PathLike) -> Any:
     """The vocabulary of the model directory ``path``, checked against its config.
 
     Returns a seqio vocabulary with ``encode``/``decode`` and ``.command_tokens``:
-    ``tasks.vocab.GLMVocabulary`` or one of ``tasks.official_vocabs``.
+    ``glm_jax.data.vocab.GLMVocabulary`` or one of ``glm_jax.data.official_vocabs``.
 
     Raises:
       ValueError: the directory records no tokenizer, its record is malformed, or
@@ -480,6 +309,25 @@ def load_vocabulary(path: PathLike) -> Any:
     vocab = build_vocabulary(tokenizer, base=path)
     check_vocabulary_fits(vocab, tokenizer, config.vocab_size, where=str(path), base=path)
     return vocab
+
+
+def vocabulary_for(model: PathLike, sentencepiece_model: Optional[PathLike] = None) -> tuple[Any, str, str]:
+    """``(vocabulary, tokenizer kind, input style)`` for the model directory ``model``:
+    the sentencepiece model at ``sentencepiece_model`` (``--vocab``) if given, else the
+    directory's recorded tokenizer.
+
+    Raises:
+      ValueError: neither is there (both ways to fix it named).
+    """
+    if sentencepiece_model is not None:
+        return sentencepiece_vocabulary(sentencepiece_model), "sentencepiece", "official"
+    tokenizer = read_tokenizer(model)
+    if tokenizer is None:
+        raise ValueError(
+            f"{model} records no tokenizer: pass --vocab SPM_MODEL, or convert the checkpoint "
+            "with `glm-jax convert SRC OUT --tokenizer KIND --vocab-file FILE`"
+        )
+    return load_vocabulary(model), tokenizer.kind, tokenizer.input_style
 
 
 # ----------------------------------------------------------------------------- config.yaml

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from glm_jax.typed_config import require_at_least, require_positive
+
 DecayStyle = Literal["cosine", "linear", "constant"]
 Schedule = Callable[[Any], jax.Array]
 
@@ -70,10 +72,8 @@ class OptimizerConfig:
     clip_norm: Optional[float] = 1.0
 
     def __post_init__(self):
-        if self.learning_rate < 0:
-            raise ValueError(f"optimizer.learning_rate must be >= 0, got {self.learning_rate}")
-        if self.decay_steps <= 0:
-            raise ValueError(f"optimizer.decay_steps must be positive, got {self.decay_steps}")
+        require_at_least("optimizer", self, 0, "learning_rate")
+        require_positive("optimizer", self, "decay_steps")
         if not 0.0 <= self.warmup <= 1.0:
             raise ValueError(f"optimizer.warmup is a fraction of decay_steps in [0, 1], got {self.warmup}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps <= self.decay_steps:
@@ -93,12 +93,8 @@ class OptimizerConfig:
         for name in ("b1", "b2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"optimizer.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.eps < 0:
-            raise ValueError(f"optimizer.eps must be >= 0, got {self.eps}")
-        if self.weight_decay < 0:
-            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.clip_norm is not None and self.clip_norm <= 0:
-            raise ValueError(f"optimizer.clip_norm must be positive or null, got {self.clip_norm}")
+        require_at_least("optimizer", self, 0, "eps", "weight_decay")
+        require_positive("optimizer", self, "clip_norm", or_null=True)
 
     @property
     def warmup_iters(self) -> float:

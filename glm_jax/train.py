@@ -1,17 +1,22 @@
-"""Training: the state, GLM's token-level loss, microbatched gradients, sharded steps.
+"""Training steps: the one step factory, GLM's token-level loss, microbatched gradients.
 
-The loss is the official one (spec 3.5, ``pretrain_glm.forward_step``): float32
-cross-entropy per token, then ``sum(ce * loss_mask) / sum(loss_mask)`` over the
-whole global batch, a token-level mean rather than a mean of per-example means.
-Gradient accumulation keeps that exact: every microbatch's summed CE is divided by
-the loss-token count of the *global* batch (known before any forward pass), so the
+:func:`make_train_step` serves every task: the task brings its loss (here
+:class:`TokenLoss`, the pretraining loss; ``glm_jax.cloze.ChoiceLoss`` for
+fine-tuning), the factory brings gradient accumulation, the optimizer update with
+its health metrics, dropout keys and the shardings (the state's layout is
+glm_jax/train_state.py's). The ``train`` config section (:class:`TrainConfig`)
+sets pretraining's loop (glm_jax/pretrain.py).
+
+The token loss is the official one (spec 3.5, ``pretrain_glm.forward_step``):
+float32 cross-entropy per token, then ``sum(ce * loss_mask) / sum(loss_mask)`` over
+the whole global batch, a token-level mean rather than a mean of per-example means.
+Gradient accumulation keeps every loss exact: each microbatch's summed loss is
+divided by the count of the *global* batch (known before any forward pass), so the
 microbatch gradients add up to the full-batch gradient.
 
-The steps are jitted with explicit shardings derived from the model's logical axis
-annotations (glm_jax/sharding.py); parameters and optimizer moments share one
-layout, optimizer scalars (Adam's count) are replicated, the batch is split over
-``data`` and ``fsdp``, and the state is donated. The mesh and the logical rules are
-entered while tracing, so the returned functions need no surrounding context.
+The steps are jitted with explicit shardings: the state as laid out, the batch
+split over ``data`` and ``fsdp``, the state donated. The mesh and the logical rules
+are entered while tracing, so the returned functions need no surrounding context.
 
 Batches are dicts of ``[batch, ...]`` arrays: the model's inputs (tokens,
 position_ids, block_position_ids, sep or segment_ids + part_a) plus ``targets``
@@ -20,21 +25,20 @@ position_ids, block_position_ids, sep or segment_ids + part_a) plus ``targets``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from glm_jax import nonfinite, sharding
 from glm_jax.model import GLM, ModelConfig
+from glm_jax.train_state import TrainState, params_layout, replicated, tracing_under, train_state_shardings
+from glm_jax.typed_config import require_at_least, require_divisible, require_positive
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -60,7 +64,7 @@ class TrainConfig:
       eval_every: steps between evaluations on the held-out split; 0 = only at the end.
       eval_batches: batches per evaluation.
       peak_tflops: the accelerator's peak (bf16) TFLOP/s per device, for MFU; None
-        looks the device kind up in glm_jax.trainer.PEAK_TFLOPS (CPU: no MFU).
+        looks the device kind up in glm_jax.loop.PEAK_TFLOPS (CPU: no MFU).
       on_nonfinite: a step whose loss or gradient is NaN/inf: ``stop`` the run
         before anything after it is saved, or ``skip_step`` (leave the state
         unchanged); glm_jax/nonfinite.py.
@@ -81,32 +85,9 @@ class TrainConfig:
 
     def __post_init__(self):
         nonfinite.check_policy(self.on_nonfinite, self.max_consecutive_skips, "train")
-        for name in ("global_batch_size", "num_microbatches", "steps", "log_every", "eval_batches"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
-        if self.global_batch_size % self.num_microbatches:
-            raise ValueError(
-                f"train.global_batch_size ({self.global_batch_size}) must be divisible by "
-                f"train.num_microbatches ({self.num_microbatches})"
-            )
-        if self.eval_every < 0:
-            raise ValueError(f"train.eval_every must be >= 0, got {self.eval_every}")
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training; a plain pytree (no functions inside),
-    so it checkpoints and shards as is.
-
-    Attributes:
-      step: int32 scalar, the number of updates applied so far.
-      params: the model parameters (unboxed).
-      opt_state: the optax state of the optimizer.
-    """
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
+        require_positive("train", self, "global_batch_size", "num_microbatches", "steps", "log_every", "eval_batches")
+        require_divisible("train", self, "global_batch_size", "num_microbatches")
+        require_at_least("train", self, 0, "eval_every")
 
 
 class LossSums(NamedTuple):
@@ -225,147 +206,75 @@ def accumulate_gradients(
     return grads, sums
 
 
+class TokenLoss:
+    """GLM's token-level loss (spec 3.5) for :func:`make_train_step`: the summed
+    cross-entropy of the loss tokens over the global batch's loss-token count.
+
+    A loss for the step factory has ``count`` (the sums entry that normalises the
+    loss and weighs a step in a log interval), ``check(batch, mesh,
+    num_microbatches)`` (trace-time shape checks naming config keys),
+    ``denominator(batch)`` (the global count, known before any forward pass) and
+    ``__call__(model, params, batch, static, deterministic, rngs) -> sums``, float32
+    scalar sums with ``loss``, ``correct`` and ``count``, added over microbatches.
+    """
+
+    count = "loss_tokens"
+
+    def check(self, batch: Batch, mesh: Mesh, num_microbatches: int) -> None:
+        _check_batch(batch, mesh, num_microbatches)
+
+    def denominator(self, batch: Batch) -> jax.Array:
+        return jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+
+    def __call__(self, model: GLM, params: Any, batch: Batch, static: Any = None, *, deterministic: bool = False,
+                 rngs: Any = None) -> dict[str, jax.Array]:
+        logits = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs)
+        sums = loss_sums(logits, batch["targets"], batch["loss_mask"])
+        return {"loss": sums.ce, "correct": sums.correct, "loss_tokens": sums.loss_tokens}
+
+
 def loss_and_grads(
     model: GLM,
     params: Any,
     batch: Batch,
     rng: jax.Array,
     *,
+    loss: Any = TokenLoss(),
+    static: Any = None,
     num_microbatches: int = 1,
     deterministic: bool = False,
     grad_shardings: Any = None,
-) -> tuple[Any, LossSums]:
-    """Gradients of the token-level mean loss of ``batch``, and its loss sums.
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Gradients of ``loss``'s mean over ``batch`` (default: the token-level mean
+    CE), and its summed sums.
+
+    Each microbatch's loss is its sum over the *global* denominator (known before
+    any forward pass), so the microbatch gradients simply add up to the full-batch
+    gradient, accumulated in float32 (:func:`accumulate_gradients`).
 
     Args:
       model: the GLM module.
       params: its parameters.
-      batch: the global batch (model inputs, ``targets``, ``loss_mask``).
+      batch: the global batch (model inputs plus what ``loss`` reads).
       rng: dropout key; microbatch ``m`` uses ``fold_in(rng, m)``.
-      num_microbatches: accumulate over this many microbatches with ``lax.scan``;
-        must divide the batch size.
+      loss: a loss as :class:`TokenLoss` describes.
+      static: the loss's static argument (e.g. a cloze answer window).
+      num_microbatches: must divide the batch size.
       deterministic: disable dropout.
-      grad_shardings: optional NamedShardings like ``params``, to pin the gradient
-        accumulator to the parameters' layout.
-
-    Returns:
-      ``(grads, sums)``: grads of ``sum(ce * mask) / sum(mask)`` over the whole
-      batch (float32 accumulation), and the summed :class:`LossSums`.
+      grad_shardings: optional NamedShardings like ``params`` for the accumulator.
     """
-    # The global denominator, known before any forward pass: each microbatch's loss
-    # is its CE sum over this, so the microbatch gradients simply add up.
-    denominator = jnp.maximum(jnp.sum(batch["loss_mask"].astype(jnp.float32)), 1.0)
+    denominator = loss.denominator(batch)
 
-    def microbatch_loss(p: Any, micro: Batch, micro_rng: jax.Array) -> tuple[jax.Array, LossSums]:
-        logits = model.apply(
-            {"params": p}, **micro, deterministic=deterministic, rngs={"dropout": micro_rng}
-        )
-        sums = loss_sums(logits, micro["targets"], micro["loss_mask"])
-        return sums.ce / denominator, sums
+    def microbatch_loss(p: Any, micro: Batch, micro_rng: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        sums = loss(model, p, micro, static, deterministic=deterministic, rngs={"dropout": micro_rng})
+        return sums["loss"] / denominator, sums
 
     return accumulate_gradients(
         microbatch_loss, params, batch, rng, num_microbatches=num_microbatches, grad_shardings=grad_shardings
     )
 
 
-# --------------------------------------------------------------- state and steps
-
-
-@contextlib.contextmanager
-def tracing_under(mesh: Mesh, rules: Any):
-    """The mesh and rules while a jitted function traces (``jax.set_mesh`` is not
-    allowed inside jit; the abstract mesh is all the constraints need)."""
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
-        yield
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    """Every device holds the whole value (scalars, metrics)."""
-    return NamedSharding(mesh, PartitionSpec())
-
-
-def _init_inputs(mesh: Mesh) -> dict[str, jax.Array]:
-    """A dummy batch for tracing ``model.init``: parameter shapes do not depend on the
-    batch, and one row per data-parallel shard keeps every constraint divisible."""
-    rows = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
-    ids = jnp.zeros((rows, 2), jnp.int32)
-    return dict(tokens=ids, position_ids=ids, block_position_ids=ids, sep=jnp.ones((rows,), jnp.int32))
-
-
-def params_layout(
-    model_config: ModelConfig, mesh: Mesh, rules: Any = sharding.LOGICAL_AXIS_RULES
-) -> tuple[Any, Any]:
-    """``(abstract_params, param_shardings)`` of the model on ``mesh``, without
-    allocating anything. Raises ValueError naming any parameter whose dimension does
-    not divide its mesh axes."""
-    model = GLM(model_config)
-    with tracing_under(mesh, rules):
-        return sharding.abstract_params_and_shardings(
-            lambda rng: model.init(rng, **_init_inputs(mesh))["params"], mesh, jax.random.key(0), rules=rules
-        )
-
-
-def train_state_shardings(
-    model_config: ModelConfig,
-    optimizer: optax.GradientTransformation,
-    mesh: Mesh,
-    rules: Any = sharding.LOGICAL_AXIS_RULES,
-) -> tuple[TrainState, TrainState]:
-    """``(abstract_state, state_shardings)``: ShapeDtypeStructs and NamedShardings.
-
-    Optimizer-state trees shaped like the parameters (Adam's mu and nu) take the
-    parameters' shardings; every other optimizer leaf (counts) is replicated.
-    """
-    abstract_params, param_shardings = params_layout(model_config, mesh, rules)
-    abstract_opt_state = jax.eval_shape(optimizer.init, abstract_params)
-    whole = replicated(mesh)
-    opt_shardings = optax.tree_map_params(
-        optimizer,
-        lambda _, param_sharding: param_sharding,
-        abstract_opt_state,
-        param_shardings,
-        transform_non_params=lambda _: whole,
-    )
-    abstract = TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt_state
-    )
-    shardings = TrainState(step=whole, params=param_shardings, opt_state=opt_shardings)
-    return abstract, shardings
-
-
-def init_train_state(
-    model_config: ModelConfig,
-    optimizer: optax.GradientTransformation,
-    mesh: Mesh,
-    rng: jax.Array | int,
-    rules: Any = sharding.LOGICAL_AXIS_RULES,
-) -> TrainState:
-    """A fresh state, created directly in its sharded layout.
-
-    Init runs inside one jit whose outputs carry the state shardings, so every device
-    materialises only its shards; no host ever holds the full model.
-
-    Args:
-      rng: a PRNG key or an int seed; with several processes, the same on each.
-    """
-    model = GLM(model_config)
-    _, shardings = train_state_shardings(model_config, optimizer, mesh, rules)
-    # A host constant, not an argument: a process-local key array cannot be an
-    # input of a computation that spans processes.
-    if isinstance(rng, int):
-        seed, key_data = rng, None
-    else:
-        seed = None
-        is_typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
-        key_data = np.asarray(jax.random.key_data(rng) if is_typed else rng)
-
-    def init() -> TrainState:
-        key = jax.random.key(seed) if key_data is None else jax.random.wrap_key_data(key_data)
-        with tracing_under(mesh, rules):
-            params = nn.unbox(model.init(key, **_init_inputs(mesh))["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
-
-    return jax.jit(init, out_shardings=shardings)()
+# --------------------------------------------------------------------- steps
 
 
 def _check_batch(batch: Batch, mesh: Mesh, num_microbatches: int) -> None:
@@ -420,51 +329,51 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
     *,
+    loss: Any = TokenLoss(),
     schedule: Optional[Callable[[Any], jax.Array]] = None,
     num_microbatches: int = 1,
     seed: int = 0,
     skip_nonfinite: bool = False,
     rules: Any = sharding.LOGICAL_AXIS_RULES,
-) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """The jitted update ``(state, batch) -> (new_state, metrics)``.
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """The jitted update ``(state, batch, static=None) -> (new_state, metrics)`` of
+    every task: the task brings its ``loss`` (:class:`TokenLoss` for pretraining,
+    ``glm_jax.cloze.ChoiceLoss`` for cloze fine-tuning); ``static`` is passed to it.
 
     Args:
       model_config: the model (dtype, remat_policy and scan_layers included).
       optimizer: e.g. the first result of :func:`glm_jax.optim.make_optimizer`.
       mesh: the device mesh; the state is laid out as :func:`train_state_shardings`.
+      loss: see :class:`TokenLoss`.
       schedule: if given, ``metrics['learning_rate']`` is ``schedule(state.step)``.
-      num_microbatches: gradient accumulation steps (``train.num_microbatches``).
-      seed: ``train.seed``; dropout uses :func:`dropout_rng` of (seed, step).
-      skip_nonfinite: ``train.on_nonfinite == 'skip_step'`` (:func:`apply_update`).
+      num_microbatches: gradient accumulation steps.
+      seed: dropout uses :func:`dropout_rng` of (seed, step).
+      skip_nonfinite: ``on_nonfinite == 'skip_step'`` (:func:`apply_update`).
 
     The state argument is donated: do not use it after the call. Metrics are device
-    arrays (no host sync): ``loss`` (token-level mean CE), ``accuracy`` (on the loss
-    tokens), ``grad_norm``, ``param_norm`` and ``nonfinite`` (:func:`apply_update`),
-    ``learning_rate`` (with a schedule), ``loss_tokens`` (sum of loss_mask) and
-    ``tokens`` (B * T).
+    arrays (no host sync): ``loss`` (the loss's mean), ``accuracy`` (over the same
+    count), ``grad_norm``, ``param_norm`` and ``nonfinite`` (:func:`apply_update`),
+    ``learning_rate`` (with a schedule), the loss's count (``loss_tokens`` or
+    ``examples``) and ``tokens`` (all rows x length).
     """
     model = GLM(model_config)
     _, state_shardings = train_state_shardings(model_config, optimizer, mesh, rules)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        _check_batch(batch, mesh, num_microbatches)
+    def train_step(state: TrainState, batch: Batch, static: Any = None) -> tuple[TrainState, Metrics]:
+        loss.check(batch, mesh, num_microbatches)
         with tracing_under(mesh, rules):
             grads, sums = loss_and_grads(
-                model,
-                state.params,
-                batch,
-                dropout_rng(seed, state.step),
-                num_microbatches=num_microbatches,
-                grad_shardings=state_shardings.params,
+                model, state.params, batch, dropout_rng(seed, state.step), loss=loss, static=static,
+                num_microbatches=num_microbatches, grad_shardings=state_shardings.params,
             )
-            loss = _mean(sums.ce, sums.loss_tokens)
-            new_state, health = apply_update(optimizer, state, grads, loss, skip_nonfinite=skip_nonfinite)
+            loss_value = _mean(sums["loss"], sums[loss.count])
+            new_state, health = apply_update(optimizer, state, grads, loss_value, skip_nonfinite=skip_nonfinite)
         metrics = {
-            "loss": loss,
-            "accuracy": _mean(sums.correct, sums.loss_tokens),
+            "loss": loss_value,
+            "accuracy": _mean(sums["correct"], sums[loss.count]),
             **health,
-            "loss_tokens": sums.loss_tokens,
-            "tokens": jnp.asarray(math.prod(batch["tokens"].shape), jnp.int32),
+            loss.count: sums[loss.count],
+            "tokens": jnp.asarray(math.prod(batch["tokens"].shape), jnp.float32),
         }
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
@@ -474,6 +383,7 @@ def make_train_step(
         train_step,
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, replicated(mesh)),
+        static_argnums=2,
         donate_argnums=0,
     )
 

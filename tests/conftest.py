@@ -17,10 +17,10 @@ if "GLM_JAX_CACHE" not in os.environ:
     os.environ["GLM_JAX_CACHE"] = tempfile.mkdtemp(prefix="glm_jax_test_cache_")
 
 # One persistent compilation cache per test session, shared with the subprocesses the
-# tests start: several tests compile the same program again (every trainer.run builds
+# tests start: several tests compile the same program again (every pretrain.run builds
 # its own jitted step), and a cache hit skips only XLA's compile, never the run. JAX's
 # default threshold keeps it to compiles over a second, so writing entries costs
-# little; tests/test_trainer.py drops from ~87 s to ~50 s on 2 cores.
+# little; tests/test_pretrain.py drops from ~87 s to ~50 s on 2 cores.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
@@ -57,6 +57,6 @@ def official_io(official_dir) -> dict:
 def corpus_dir() -> Path:
     """The embedded corpus and its sentencepiece model, built once per test session
     where the registered embedded tasks look for it ($GLM_JAX_CACHE)."""
-    from tasks import corpus
+    from glm_jax.data import corpus
 
     return corpus.embedded_corpus().directory

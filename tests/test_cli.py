@@ -1,14 +1,18 @@
-"""glm_jax/cli.py: the help lists every command and every option with its default;
-bad arguments give one clear line on stderr and exit code 2."""
+"""glm_jax/cli/__init__.py: the table of commands, loaded lazily; the help lists every
+command and every option with its default; bad arguments give one clear line on
+stderr and exit code 2; errors map to the documented exit codes."""
 
 import argparse
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
 
-from glm_jax import cli, plots
+from glm_jax import cli, nonfinite, plots
+from glm_jax.checkpointing import CheckpointError
 
 #: Commands the README and docs use; others may be added.
 DOCUMENTED = {"train", "generate", "convert", "forward", "show-example", "plot-metrics"}
@@ -118,3 +122,46 @@ def test_plot_metrics_command(tmp_path, capsys):
         assert image.size == plots.CURVE_SIZE
     assert cli.main(["plot-metrics", str(tmp_path / "missing")]) == 2
     assert "glm-jax: error: no metrics.jsonl at" in capsys.readouterr().err
+
+
+def test_every_command_module_has_add_arguments_and_run():
+    for name in cli.TABLE:
+        module = cli.load_command(name)
+        assert module.__name__.startswith("glm_jax.cli."), name
+        assert callable(module.add_arguments) and callable(module.run), name
+
+
+def test_top_level_help_imports_no_command_and_no_jax():
+    """`glm-jax --help` builds the command list from the table alone."""
+    code = (
+        "import sys\n"
+        "from glm_jax import cli\n"
+        "try:\n"
+        "    cli.main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = {'jax', 'tensorflow', 'seqio', 'orbax'} & set(sys.modules)\n"
+        "commands = [m for m in sys.modules if m.startswith('glm_jax.cli.')]\n"
+        "print('LOADED', sorted(heavy), sorted(commands))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED [] []" in result.stdout, result.stdout
+
+
+def test_main_loads_only_the_command_it_runs():
+    parser = cli.build_parser(["plot-metrics"])
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(action.choices) == set(cli.TABLE)
+    assert "run_dir" in [a.dest for a in action.choices["plot-metrics"]._actions]
+    assert [a.dest for a in action.choices["train"]._actions] == ["help", "debug"]
+
+
+def test_errors_map_to_the_documented_exit_codes():
+    assert cli.EXIT_NONFINITE == nonfinite.EXIT_NONFINITE
+    assert cli.exit_code_of(nonfinite.NonFiniteError("diverged", step=3)) == cli.EXIT_NONFINITE == 3
+    for error in (ValueError("x"), KeyError("x"), FileNotFoundError("x"), CheckpointError("x")):
+        assert cli.exit_code_of(error) == cli.EXIT_USAGE == 2, error
+    assert cli.exit_code_of(RuntimeError("x")) == cli.EXIT_INTERNAL == 1
+    assert cli.error_line(KeyError("no such key")) == "no such key"
+    assert cli.error_line(ValueError("first\n  second\n")) == "first; second"

@@ -1,6 +1,6 @@
 """Cloze scoring and losses (spec 4.1) against a plain numpy recomputation.
 
-The batches are real SuperGLUE inputs (tasks.superglue.inputs.encode_example on
+The batches are real SuperGLUE inputs (glm_jax.data.superglue.inputs.encode_example on
 RTE and COPA examples with a word-level fake vocabulary); the reference runs the
 tiny fp32 GLM one row at a time and does every reduction in float64 numpy loops.
 """
@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glm_jax import cloze, sharding, train
+from glm_jax import cloze, sharding, train, train_state
 from glm_jax.command_tokens import CommandTokens
 from glm_jax.model import GLM, ModelConfig
 from glm_jax.optim import OptimizerConfig, make_optimizer
-from tasks.superglue.inputs import encode_example
-from tasks.superglue.readers import Example
+from glm_jax.data.superglue.inputs import encode_example
+from glm_jax.data.superglue.readers import Example
 
 CMD = CommandTokens(pad=0, eos=0, cls=1, mask=2, sop=3, eop=4, unk=5)
 CONFIG = ModelConfig(vocab_size=192, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=64)
@@ -247,11 +247,11 @@ def test_train_step_loss_microbatches_and_padding_rows(model_and_params):
     model = CONFIG.replace(hidden_dropout=0.0, attention_dropout=0.0, embedding_dropout=0.0)
     mesh = sharding.make_mesh((2, 2, 2))
     optimizer, _ = make_optimizer(OptimizerConfig(learning_rate=1e-3, decay_steps=10))
-    _, state_shardings = train.train_state_shardings(model, optimizer, mesh)
-    steps = {m: cloze.make_train_step(model, optimizer, mesh, num_microbatches=m) for m in (1, 2)}
+    _, state_shardings = train_state.train_state_shardings(model, optimizer, mesh)
+    steps = {m: train.make_train_step(model, optimizer, mesh, loss=cloze.ChoiceLoss(), num_microbatches=m) for m in (1, 2)}
 
     def one_step(batch, microbatches=1):
-        state = jax.jit(lambda p: train.TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
+        state = jax.jit(lambda p: train_state.TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)),
                         out_shardings=state_shardings)(pretrained)
         return jax.tree.map(float, steps[microbatches](state, sharding.shard_batch(batch, mesh))[1])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Literal, Optional
 import pytest
 import yaml
 
+from glm_jax import typed_config
 from glm_jax.config import (
     Config,
     ConfigError,
@@ -20,8 +22,9 @@ from glm_jax.config import (
     to_dict,
     to_yaml,
 )
-from glm_jax.config import _parse_yaml  # the reader behind load_yaml
+from glm_jax.model.config import ModelConfig
 from glm_jax.model.presets import get_preset
+from glm_jax.typed_config import parse_yaml, require_at_least, require_divisible, require_positive
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = get_preset("glm_tiny")
@@ -370,7 +373,7 @@ def test_to_yaml_quotes_strings_that_look_like_other_types():
     cfg = Everything(1, tags=tricky, name="1e-5", weights={"no": 1.0, "1e3": 2.0}, inner=Inner(name="off"))
     text = to_yaml(cfg)
     # Both our loader and a plain YAML 1.1 reader get the strings back.
-    assert from_dict(Everything, _parse_yaml(text, "printed")) == cfg
+    assert from_dict(Everything, parse_yaml(text, "printed")) == cfg
     assert from_dict(Everything, yaml.safe_load(text)) == cfg
     assert apply_overrides(Everything(1), ["name='1e-5'"]).name == "1e-5"
 
@@ -379,3 +382,56 @@ def test_to_dict_is_plain_data():
     data = to_dict(Everything(1, sizes=(1, 2)))
     assert data["sizes"] == [1, 2] and data["inner"] == {"rate": 0.5, "name": "x"}
     assert from_dict(Everything, data) == Everything(1, sizes=(1, 2))
+
+
+# ----------------------------------------------------------------- generic module
+
+
+def test_typed_config_imports_nothing_of_glm_jax():
+    # The generic machinery sits below every section: checkpointing, model and the
+    # data pipeline import it, and glm_jax.config imports them.
+    tree = ast.parse(Path(typed_config.__file__).read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    imported += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert not [m for m in imported if m.split(".")[0] in ("glm_jax", "tasks")]
+
+
+def test_presets_are_per_call_in_the_generic_module():
+    data = {"preset": "glm_tiny", "dtype": "bfloat16"}
+    with raises("unknown key 'preset'"):
+        typed_config.from_dict(ModelConfig, data)
+    assert from_dict(ModelConfig, data) == TINY.replace(dtype="bfloat16")  # glm_jax.config: with presets
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    size: int = 4
+    parts: int = 2
+    rate: float = 0.5
+    cap: Optional[int] = None
+
+
+@pytest.mark.parametrize(
+    "check, limits, message",
+    [
+        (lambda c: require_positive("s", c, "size", "parts"), Limits(parts=0), "s.parts must be positive, got 0"),
+        (lambda c: require_positive("s", c, "size", "parts"), Limits(size=-1, parts=0), "s.size must be positive, got -1"),
+        (lambda c: require_positive("s", c, "cap", or_null=True), Limits(cap=0), "s.cap must be positive or null, got 0"),
+        (lambda c: require_at_least("s", c, 0, "rate"), Limits(rate=-0.5), "s.rate must be >= 0, got -0.5"),
+        (lambda c: require_at_least("s", c, 8, "size"), Limits(size=7), "s.size must be >= 8, got 7"),
+        (lambda c: require_at_least("s", c, 1, "cap", or_null=True), Limits(cap=0), "s.cap must be >= 1 or null, got 0"),
+        (lambda c: require_divisible("s", c, "size", "parts"), Limits(size=5), "s.size (5) must be divisible by s.parts (2)"),
+    ],
+)
+def test_field_checks_word_the_first_failure(check, limits, message):
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
+        check(limits)
+
+
+def test_field_checks_pass_valid_values_and_null():
+    ok = Limits()
+    require_positive("s", ok, "size", "parts", "rate")
+    require_positive("s", ok, "cap", or_null=True)
+    require_at_least("s", ok, 2, "size", "parts")
+    require_at_least("s", ok, 1, "cap", or_null=True)
+    require_divisible("s", ok, "size", "parts")

@@ -29,7 +29,7 @@ from glm_jax.convert import (
     convert_checkpoint,
     export_official,
     infer_config,
-    layout,
+    param_map,
     load_official,
     load_torch_checkpoint,
     merge_model_parallel,
@@ -212,7 +212,7 @@ def test_parity_with_official_logits(official_dir, official_io, name, scan):
     # num_heads=4 comes from the fixture's config.json (shapes cannot tell).
     assert config == ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=HEADS,
                                  max_position_embeddings=32, scan_layers=scan)
-    assert all(v.dtype == np.float32 for _, v in layout.flatten(params))
+    assert all(v.dtype == np.float32 for _, v in param_map.flatten(params))
     if scan:
         assert params["layers"]["attention"]["query_key_value"]["kernel"].shape == (2, 64, 3, HEADS, 16)
     assert_parity(config, params, official_io)
@@ -226,7 +226,7 @@ def test_layout_table_matches_model_init():
         "/".join(str(k.key) for k in keys): leaf.shape
         for keys, leaf in jax.tree_util.tree_flatten_with_path(abstract_params(config))[0]
     }
-    table = {"/".join(e.path): e.flax_shape for e in layout.entries(config)}
+    table = {"/".join(e.path): e.flax_shape for e in param_map.entries(config)}
     assert table == expected
 
 
@@ -353,7 +353,7 @@ def test_sharded_safetensors_index(tmp_path, official_sd):
         weight_map.update({k: name for k in part})
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config, params = load_official(tmp_path, num_heads=HEADS)
-    assert_same_state_dict(layout.to_state_dict(params, config, np.float32), official_sd)
+    assert_same_state_dict(param_map.to_state_dict(params, config, np.float32), official_sd)
 
     weight_map["transformer.final_layernorm.bias"] = "model-00003-of-00002.safetensors"
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
@@ -523,9 +523,9 @@ def test_convert_checkpoint_and_cli(tmp_path, official_dir, official_io, capsys)
 def test_convert_cli_tokenizer_options(tmp_path, official_dir, capsys):
     """``--tokenizer``: recorded with the resolved options; every bad combination is
     refused before anything is written (generation through the recorded tokenizer:
-    tests/test_generate_cli.py)."""
+    tests/test_cli_generate.py)."""
     from glm_jax.model_dir import read_tokenizer
-    from tasks.official_vocabs.tiny import write_tiny_files
+    from glm_jax.data.official_vocabs.tiny import write_tiny_files
 
     src = str(official_dir / "model_states.pt")
     bert = write_tiny_files("bert", tmp_path / "bert", num_tokens=100)["vocab_file"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from tasks import corpus
+from glm_jax.data import corpus
 
 
 
@@ -25,7 +25,7 @@ def built(corpus_dir) -> corpus.EmbeddedCorpus:
 def test_build_is_deterministic(corpus_dir, tmp_path):
     # Another process with a fixed hash seed: set and dict order must not leak in.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    cmd = [sys.executable, "-m", "tasks.corpus", "--cache-dir", str(tmp_path), "--force"]
+    cmd = [sys.executable, "-m", "glm_jax.data.corpus", "--cache-dir", str(tmp_path), "--force"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert set(json.loads(done.stdout)["timings"]) == {"extract", "train_spm", "total"}

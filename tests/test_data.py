@@ -1,12 +1,13 @@
-"""glm_jax/data.py: the training iterator is checkpointable for every kind of source."""
+"""glm_jax/data/pipeline.py: the training iterator is checkpointable for every kind of source."""
 
 import json
 
 import numpy as np
 import pytest
 
-from glm_jax import data
+from glm_jax.data import pipeline as data
 from glm_jax.checkpointing import SkippingIterator, TfDataIteratorState, as_iterator_state
+from glm_jax.data.embedded_vocab import EmbeddedVocabulary
 
 
 def _rows(iterator, n):
@@ -21,7 +22,7 @@ def test_embedded_task_keeps_tf_data_state(corpus_dir):
 def test_python_read_source_resumes_by_skipping(tmp_path, corpus_dir):
     """A JSON-lines corpus goes through a Python generator, whose tf.data state cannot be
     saved (it used to fail at the first checkpoint); it must resume exactly by skipping."""
-    from tasks import corpus, pretrain, sources
+    from glm_jax.data import corpus, pretraining, sources
 
     path = tmp_path / "docs.jsonl"
     words = "the quick brown fox jumps over a lazy dog while seven wizards quietly box".split()
@@ -29,9 +30,9 @@ def test_python_read_source_resumes_by_skipping(tmp_path, corpus_dir):
     with path.open("w") as f:
         for _ in range(60):
             f.write(json.dumps({"text": " ".join(rng.choice(words, 40))}) + "\n")
-    pretrain.register_pretraining_tasks(
+    pretraining.register_pretraining_tasks(
         "data_test_jsonl", sources.JsonLinesSource({"train": str(path)}),
-        corpus.embedded_vocabulary(corpus_dir), overwrite=True,
+        EmbeddedVocabulary(corpus_dir), overwrite=True,
     )
     config = data.DataConfig(task="glm_pretrain_token_data_test_jsonl", sequence_length=32, shuffle_buffer=16)
 
@@ -63,9 +64,9 @@ def test_mixture_of_corpora_resumes_exactly(tmp_path, corpus_dir, read):
     import seqio
     import tensorflow as tf
     from etils import epath
-    from test_pretrain import WORDS_A, WORDS_B, write_corpus
+    from test_pretraining import WORDS_A, WORDS_B, write_corpus
 
-    from tasks import corpus, pretrain, sources
+    from glm_jax.data import corpus, pretraining, sources
 
     names = []
     for name, words, seed in (("data_mix_a", WORDS_A, 1), ("data_mix_b", WORDS_B, 2)):
@@ -78,9 +79,9 @@ def test_mixture_of_corpora_resumes_exactly(tmp_path, corpus_dir, read):
                 lambda split, shuffle_files, seed=None, docs=docs: tf.data.Dataset.from_tensor_slices({"text": docs}),
                 splits=["train"],
             )
-        names += pretrain.register_pretraining_tasks(
-            name, source, corpus.embedded_vocabulary(corpus_dir),
-            objective_configs={"token": pretrain.OBJECTIVES["token"]}, shuffle_buffer_size=32, overwrite=True,
+        names += pretraining.register_pretraining_tasks(
+            name, source, EmbeddedVocabulary(corpus_dir),
+            objective_configs={"token": pretraining.OBJECTIVES["token"]}, shuffle_buffer_size=32, overwrite=True,
         )
     mixture = f"data_test_mixture_{read}"
     seqio.MixtureRegistry.add(mixture, [(names[0], 1.0), (names[1], 3.0)])

@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from glm_jax import decoding, sharding
+from glm_jax import decoding, model_dir, sharding
+from glm_jax.cli import generate as generate_command
 from glm_jax.command_tokens import CommandTokens
-from glm_jax.decoding import layout, processors
+from glm_jax.decoding import processors, prompt_layout
 from glm_jax.model import GLM, ModelConfig, stack_layers
 from glm_jax.model import glm as glm_module
 
@@ -83,13 +84,13 @@ class RefRow:
 
     @classmethod
     def start(cls, context):
-        return cls(list(context), [(CT.sop, layout.blank_positions(context, CT)[0], 1)], [])
+        return cls(list(context), [(CT.sop, prompt_layout.blank_positions(context, CT)[0], 1)], [])
 
     def copy(self):
         return dataclasses.replace(self, fed=list(self.fed), generated=list(self.generated))
 
     def push(self, token: int, end_ids) -> None:
-        blanks = layout.blank_positions(self.context, CT)
+        blanks = prompt_layout.blank_positions(self.context, CT)
         self.generated.append(token)
         if token in end_ids:  # [eop] is not fed back; the next blank starts with [sop]
             self.blank, self.blank_length = self.blank + 1, 0
@@ -190,7 +191,7 @@ def reference_beam(params, config, contexts, settings):
             for rank, idx in enumerate(top):
                 j, token = divmod(int(idx), config.vocab_size)
                 src = beams[b][j]
-                n_blanks = len(layout.blank_positions(src.context, CT))
+                n_blanks = len(prompt_layout.blank_positions(src.context, CT))
                 if token in end_ids and src.blank == n_blanks - 1:
                     if rank < k:
                         add(b, total[idx] / norm, src.generated + [token], True)
@@ -261,7 +262,7 @@ def teacher_forced_layout(contexts, steps, seed=0):
     rng = np.random.default_rng(seed)
     out = []
     for context in contexts:
-        blanks, fed, blank, length = layout.blank_positions(context, CT), [], 0, 0
+        blanks, fed, blank, length = prompt_layout.blank_positions(context, CT), [], 0, 0
         for _ in range(steps):
             if length == 0:
                 fed.append((CT.sop, blanks[blank], 1))
@@ -281,9 +282,9 @@ def test_cached_decoding_equals_full_forward(params, scan):
     shorter contexts are right-padded in the prefill, the full forward has no
     padding before Part B: equal logits mean the prefill padding is invisible."""
     config, p = model_and_params(params, scan)
-    contexts = [layout.build_context(x, CT) for x in prompts()]
+    contexts = [prompt_layout.build_context(x, CT) for x in prompts()]
     fed = teacher_forced_layout(contexts, STEPS)
-    batch = layout.pad_contexts(contexts, CT, position_table_size=config.position_table_size)
+    batch = prompt_layout.pad_contexts(contexts, CT, position_table_size=config.position_table_size)
     model = GLM(config)
     steps = np.array(fed)  # [B, STEPS, 3]
 
@@ -317,8 +318,8 @@ def test_cached_decoding_equals_full_forward(params, scan):
 def test_cache_is_sharded_and_decodes_as_unsharded(params):
     """On a 2x2x2 mesh the cache is split like the activations (batch over
     data+fsdp, heads over tensor) and a prefill + step gives the unsharded logits."""
-    contexts = [layout.build_context(x, CT) for x in prompts()] + [[CT.cls, 5, CT.gmask]]
-    batch = layout.pad_contexts(contexts, CT, position_table_size=CONFIG.position_table_size)
+    contexts = [prompt_layout.build_context(x, CT) for x in prompts()] + [[CT.cls, 5, CT.gmask]]
+    batch = prompt_layout.pad_contexts(contexts, CT, position_table_size=CONFIG.position_table_size)
     model = GLM(CONFIG)
     sop = np.full((4, 1), CT.sop, np.int32)
     blank = batch.blank_positions[:, :1]
@@ -366,7 +367,7 @@ def test_greedy_equals_full_recomputation(params, greedy_plain, scan):
     same tokens, same log-probs (1e-5), for one blank, two blanks and [gMASK]."""
     config, p = model_and_params(params, scan)
     got = greedy(p, config) if scan else greedy_plain
-    contexts = [layout.build_context(x, CT) for x in prompts()]
+    contexts = [prompt_layout.build_context(x, CT) for x in prompts()]
     rows, logprobs = reference_greedy(params, CONFIG, contexts, decoding.DecodeSettings(max_new_tokens=STEPS))
     for g, row, lp in zip(got, rows, logprobs):
         assert list(g.tokens) == row.generated
@@ -419,7 +420,7 @@ def test_min_length_and_no_repeat_ngram(params, greedy_plain):
     them, and without them the same model breaks both rules (the test can fail)."""
     settings = decoding.DecodeSettings(max_new_tokens=STEPS, min_length=8, no_repeat_ngram_size=2)
     got = greedy(params, CONFIG, settings)
-    rows, _ = reference_greedy(params, CONFIG, [layout.build_context(x, CT) for x in prompts()], settings)
+    rows, _ = reference_greedy(params, CONFIG, [prompt_layout.build_context(x, CT) for x in prompts()], settings)
     for g, row in zip(got, rows):
         assert list(g.tokens) == row.generated
         assert not has_repeated_ngram(g.tokens, 2)
@@ -436,7 +437,7 @@ def test_beam_search_matches_the_official_scorer(params):
         strategy="beam", num_beams=3, length_penalty=0.7, min_length=2, no_repeat_ngram_size=3, max_new_tokens=12,
     )
     got = greedy(params, CONFIG, settings)
-    contexts = [layout.build_context(x, CT) for x in prompts()]
+    contexts = [prompt_layout.build_context(x, CT) for x in prompts()]
     want = reference_beam(params, CONFIG, contexts, settings)
     for g, (score, tokens, complete) in zip(got, want):
         assert list(g.tokens) == tokens
@@ -491,16 +492,16 @@ def test_min_length_forbids_every_end_token():
 
 def test_build_context_rules():
     ct = CT
-    assert layout.build_context([5, ct.mask, 6], ct) == [ct.cls, 5, ct.mask, 6, ct.eos]
-    assert layout.build_context([5, 6], ct) == [ct.cls, 5, 6, ct.gmask]  # no blank: [gMASK], no eos after it
-    assert layout.build_context([5, ct.gmask], ct) == [ct.cls, 5, ct.gmask]
-    assert layout.build_context([ct.gmask, 5], ct) == [ct.cls, ct.gmask, 5, ct.eos]
+    assert prompt_layout.build_context([5, ct.mask, 6], ct) == [ct.cls, 5, ct.mask, 6, ct.eos]
+    assert prompt_layout.build_context([5, 6], ct) == [ct.cls, 5, 6, ct.gmask]  # no blank: [gMASK], no eos after it
+    assert prompt_layout.build_context([5, ct.gmask], ct) == [ct.cls, 5, ct.gmask]
+    assert prompt_layout.build_context([ct.gmask, 5], ct) == [ct.cls, ct.gmask, 5, ct.eos]
     no_task_masks = dataclasses.replace(ct, gmask=None, smask=None)
-    assert layout.build_context([5], no_task_masks) == [ct.cls, 5, ct.mask, ct.eos]
+    assert prompt_layout.build_context([5], no_task_masks) == [ct.cls, 5, ct.mask, ct.eos]
     with pytest.raises(ValueError, match="prompt 1 has no blank"):
-        layout.pad_contexts([[ct.cls, ct.mask], [ct.cls, 5]], ct, position_table_size=64)
+        prompt_layout.pad_contexts([[ct.cls, ct.mask], [ct.cls, 5]], ct, position_table_size=64)
     with pytest.raises(ValueError, match="prompt 0 has 70 tokens"):
-        layout.pad_contexts([[ct.mask] * 70], ct, position_table_size=65)
+        prompt_layout.pad_contexts([[ct.mask] * 70], ct, position_table_size=65)
 
 
 def test_settings_are_validated():
@@ -586,22 +587,19 @@ class WordVocabulary:
 def test_cli_generate(params, greedy_plain, tmp_path, monkeypatch):
     """``glm-jax generate``: a model directory, prompts from arguments and a file,
     the filled text and each span printed (text and JSON)."""
-    from glm_jax import generate_cli
-    from glm_jax.model_dir import save_model_dir
-
-    save_model_dir(tmp_path / "model", CONFIG, params)
-    monkeypatch.setattr(generate_cli, "load_vocabulary", lambda path: WordVocabulary())
+    model_dir.save_model_dir(tmp_path / "model", CONFIG, params)
+    monkeypatch.setattr(model_dir, "vocabulary_for", lambda path, vocab: (WordVocabulary(), "sentencepiece", "official"))
     vocab = WordVocabulary()
     texts = [vocab.decode(p) for p in prompts()]
     (tmp_path / "prompts.txt").write_text(texts[1] + "\n\n" + texts[2] + "\n")
-    parser = generate_cli.add_generate_arguments(argparse.ArgumentParser())
+    parser = generate_command.add_arguments(argparse.ArgumentParser())
     argv = [
         "--checkpoint", str(tmp_path / "model"), "--vocab", "v.model", "--input-file", str(tmp_path / "prompts.txt"),
         "--max-new-tokens", str(STEPS), texts[0],
     ]
 
     out = io.StringIO()
-    assert generate_cli.cli_generate(parser.parse_args(argv), out) == 0
+    assert generate_command.run(parser.parse_args(argv), out) == 0
     lines = out.getvalue().splitlines()
     two = greedy_plain[1]
     assert lines[0] == f"[1] {texts[0]}"
@@ -614,10 +612,10 @@ def test_cli_generate(params, greedy_plain, tmp_path, monkeypatch):
     assert "(incomplete" in lines[3]  # prompt 1 runs out of tokens (see test_greedy_equals_full_recomputation)
 
     out = io.StringIO()
-    assert generate_cli.cli_generate(parser.parse_args(argv + ["--json"]), out) == 0
+    assert generate_command.run(parser.parse_args(argv + ["--json"]), out) == 0
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["spans"] for r in records] == [[vocab.decode(list(s)) for s in g.spans] for g in greedy_plain]
     assert [r["complete"] for r in records] == [g.complete for g in greedy_plain]
 
     with pytest.raises(ValueError, match="num_beams"):
-        generate_cli.cli_generate(parser.parse_args(argv + ["--strategy", "sample", "--num-beams", "2"]))
+        generate_command.run(parser.parse_args(argv + ["--strategy", "sample", "--num-beams", "2"]))

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 
-from glm_jax import cli, console, sharding, train, train_cli
+from glm_jax import cli, console, sharding, train_state
+from glm_jax.cli import train as train_command
 from glm_jax.checkpointing import CheckpointConfig, Checkpointer
 from glm_jax.config import load_config
 from glm_jax.optim import make_optimizer
@@ -43,7 +44,7 @@ def good_run(tmp_path_factory, corpus_dir) -> Path:
     """A finished 4-step run: checkpoints 2 and 4, and its exported model/."""
     out = tmp_path_factory.mktemp("good") / "run"
     args = cli.build_parser().parse_args(["train", *TINY, "train.steps=4", f"train.output_dir={out}"])
-    assert train_cli.cli_train(args, print_fn=lambda _: None) == 0
+    assert train_command.run(args, print_fn=lambda _: None) == 0
     return out
 
 
@@ -52,7 +53,7 @@ def checkpoint_target(run: Path):
     config = load_config("pretrain_embedded", [*TINY, f"train.output_dir={run}"])
     optimizer, _ = make_optimizer(config.optimizer)
     mesh = sharding.mesh_from_config(config.mesh)
-    abstract, shardings = train.train_state_shardings(config.model, optimizer, mesh)
+    abstract, shardings = train_state.train_state_shardings(config.model, optimizer, mesh)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
@@ -284,8 +285,8 @@ def test_a_launcher_task_without_a_validation_split_is_refused_before_training(t
     corpus = write_corpus(tmp_path / "wiki.jsonl", json.dumps({"text": "fine"}).encode())
     module = tmp_path / "my_tasks.py"
     module.write_text(
-        "from tasks import pretrain, sources\n"
-        f"pretrain.register_pretraining_tasks('mine', sources.JsonLinesSource({{'train': {str(corpus)!r}}}))\n"
+        "from glm_jax.data import pretraining, sources\n"
+        f"pretraining.register_pretraining_tasks('mine', sources.JsonLinesSource({{'train': {str(corpus)!r}}}))\n"
     )
     result = glm_jax("train", "--task-module", str(module), *TINY, "train.steps=4", "data.task=glm_pretrain_token_mine",
                      f"train.output_dir={tmp_path / 'run'}")
@@ -368,10 +369,10 @@ def test_console_starts_with_our_own_first_line(good_run):
 
 def test_a_document_without_text_stops_show_example_in_one_line(tmp_path, corpus_dir, capsys):
     """In process: show-example reads through the same CheckedIterator as training."""
-    from tasks import pretrain, sources
+    from glm_jax.data import pretraining, sources
 
     corpus = write_corpus(tmp_path / "c.jsonl", json.dumps({"txt": "no text here"}).encode(), at=2, n=5)
-    pretrain.register_pretraining_tasks("faulty_show", sources.JsonLinesSource({"train": str(corpus)}), overwrite=True)
+    pretraining.register_pretraining_tasks("faulty_show", sources.JsonLinesSource({"train": str(corpus)}), overwrite=True)
     assert cli.main(["show-example", "--task", "glm_pretrain_token_faulty_show", "--no-image", "--index", "40"]) == 2
     err = capsys.readouterr().err
     assert err == f"glm-jax: error: {corpus}:2: no 'text' field (fields: ['txt'])\n"

@@ -1,4 +1,4 @@
-"""GLMFeatureConverter (tasks/feature_converter.py): padding, packing, seqio wiring.
+"""GLMFeatureConverter (glm_jax/data/feature_converter.py): padding, packing, seqio wiring.
 
 The packing test runs a tiny random GLM on each packed row and on each example
 alone: the logits must agree, which holds only if packing kept every example's
@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from glm_jax.command_tokens import CommandTokens
 from glm_jax.model import GLM, ModelConfig
-from tasks import objectives, windows
-from tasks.feature_converter import GLMFeatureConverter
+from glm_jax.data import objectives, windows
+from glm_jax.data.feature_converter import GLMFeatureConverter
 
 CT = CommandTokens(pad=0, eos=1, cls=2, mask=3, sop=4, eop=5, unk=6, smask=7, gmask=8, dblock=9)
 VOCAB = 1000

@@ -1,9 +1,9 @@
 """The fine-tuning loop and its steps, on in-memory cloze batches (no seqio).
 
-The data is a synthetic RTE task built with tasks.superglue.inputs.encode_example:
+The data is a synthetic RTE task built with glm_jax.data.superglue.inputs.encode_example:
 the hypothesis says "happy" (entailment) or "sad" (not) and the premise is noise,
 so a tiny GLM trained from scratch must learn to read one word of Part A at the
-[sop] row. tests/test_finetune_cli.py runs the same kind of task through the
+[sop] row. tests/test_cli_finetune.py runs the same kind of task through the
 seqio registry and the CLI.
 """
 
@@ -29,8 +29,8 @@ from glm_jax.command_tokens import CommandTokens
 from glm_jax.model import GLM, ModelConfig
 from glm_jax.model_dir import load_model_dir
 from glm_jax.nonfinite import NonFiniteError
-from tasks.superglue.inputs import encode_example
-from tasks.superglue.readers import Example
+from glm_jax.data.superglue.inputs import encode_example
+from glm_jax.data.superglue.readers import Example
 from test_cloze import WordVocab
 
 CMD = CommandTokens(pad=0, eos=0, cls=1, mask=2, sop=3, eop=4, unk=5)

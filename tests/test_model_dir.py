@@ -9,25 +9,22 @@ import numpy as np
 import pytest
 
 from glm_jax.model import ModelConfig
+from glm_jax.data.tokenizers import DEFAULT_TASK_MASK, VOCAB_FILE, TokenizerConfig, tokenizer_of
 from glm_jax.model_dir import (
-    replace_model_dir,
-    tokenizer_of,
     CONFIG_FILE,
-    DEFAULT_TASK_MASK,
     PARAMS_DIR,
     TOKENIZER_FILE,
-    VOCAB_FILE,
-    TokenizerConfig,
     abstract_params,
     load_model_dir,
     load_vocabulary,
     read_config,
     read_tokenizer,
+    replace_model_dir,
     save_model_dir,
 )
-from tasks.official_vocabs import official_vocabulary
-from tasks.official_vocabs.tiny import write_tiny_files
-from tasks.vocab import GLMVocabulary
+from glm_jax.data.official_vocabs import official_vocabulary
+from glm_jax.data.official_vocabs.tiny import write_tiny_files
+from glm_jax.data.vocab import GLMVocabulary
 
 CONFIG = ModelConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=16,
                      intermediate_size=48, activation="gelu_exact", hidden_dropout=0.0)

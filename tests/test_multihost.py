@@ -51,14 +51,14 @@ def run_training() -> dict:
     import optax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from glm_jax import multihost, sharding, train
+    from glm_jax import multihost, sharding, train, train_state
     from glm_jax.model import ModelConfig
     from glm_jax.optim import OptimizerConfig, make_optimizer
 
     config = ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=16)
     mesh = sharding.make_mesh((2, 2, 2))
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-2, decay_steps=100, warmup_steps=1))
-    state = train.init_train_state(config, tx, mesh, 0)
+    state = train_state.init_train_state(config, tx, mesh, 0)
     step = train.make_train_step(config, tx, mesh, schedule=schedule, num_microbatches=2, seed=5)
     rows = multihost.process_batch_indices(mesh, GLOBAL_BATCH)
 

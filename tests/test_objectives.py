@@ -1,4 +1,4 @@
-"""GLM's pretraining objectives (tasks/objectives.py, spans.py, layout.py, windows.py).
+"""GLM's pretraining objectives (glm_jax/data/objectives.py, spans.py, example_layout.py, windows.py).
 
 Text is random ids 10..999 and the command tokens are 0..9, so a command id in an
 output can only come from the objective; 60 of the ids end a sentence. The
@@ -18,8 +18,8 @@ import seqio
 import tensorflow as tf
 
 from glm_jax.command_tokens import CommandTokens
-from tasks import layout, objectives, spans, windows
-from tasks.objectives import ObjectiveConfig
+from glm_jax.data import example_layout, objectives, spans, windows
+from glm_jax.data.objectives import ObjectiveConfig
 
 CT = CommandTokens(pad=0, eos=1, cls=2, mask=3, sop=4, eop=5, unk=6, smask=7, gmask=8, dblock=9)
 VOCAB = 1000
@@ -337,7 +337,7 @@ def test_tiny_windows_give_valid_examples():
 
 
 def _layout(text, starts, lengths, order, **kw) -> dict[str, list[int]]:
-    ex = layout.infilling_layout(
+    ex = example_layout.infilling_layout(
         tf.constant(text, tf.int32), tf.constant(starts, tf.int32), tf.constant(lengths, tf.int32),
         tf.constant(order, tf.int32), sop_id=CT.sop, eop_id=CT.eop, **kw,
     )

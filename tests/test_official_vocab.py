@@ -1,4 +1,4 @@
-"""Official GLM tokenizers (tasks/official_vocabs/): command-token ids of spec 2.1,
+"""Official GLM tokenizers (glm_jax/data/official_vocabs/): command-token ids of spec 2.1,
 padded sizes, literal command tokens, round trips, TF, pickling, the factory.
 
 The tokenizer files are tiny ones built here: trained on a few sentences, then padded
@@ -22,7 +22,7 @@ import tensorflow as tf
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from glm_jax.command_tokens import CommandTokens
-from tasks.official_vocabs import (
+from glm_jax.data.official_vocabs import (
     BertVocabulary,
     ChineseVocabulary,
     GPT2Vocabulary,
@@ -411,9 +411,9 @@ def test_factory_errors(chinese_file, tmp_path):
 
 @pytest.mark.parametrize("kind", ["bert", "gpt2", "roberta", "chinese"])
 def test_tiny_files_follow_the_official_layout(tmp_path, kind):
-    """tasks/official_vocabs/tiny.py: N entries, the specials where the official
+    """glm_jax/data/official_vocabs/tiny.py: N entries, the specials where the official
     tokenizers look for them, commands numbered from N, padded to 128."""
-    from tasks.official_vocabs.tiny import write_tiny_files
+    from glm_jax.data.official_vocabs.tiny import write_tiny_files
 
     files = write_tiny_files(kind, tmp_path, num_tokens=100)
     v = official_vocabulary(
@@ -450,8 +450,8 @@ def test_sentence_objective_runs_on_the_real_official_vocabularies(tmp_path, kin
     token text (official contains_sentence_end)."""
     import numpy as np
 
-    from tasks import pretrain, sources
-    from tasks.feature_converter import GLMFeatureConverter
+    from glm_jax.data import pretraining, sources
+    from glm_jax.data.feature_converter import GLMFeatureConverter
 
     vocab = official_vocabulary(kind, SHARED_VOCAB / REAL_FILES[kind])
     mask = vocab.sentence_end_mask()
@@ -466,10 +466,10 @@ def test_sentence_objective_runs_on_the_real_official_vocabularies(tmp_path, kin
         f"Document {d} starts here. It says {d} things; the first is short. The last one ends the document!"
         for d in range(20)) + "\n")
     name = f"realvocab_{kind}"
-    pretrain.register_pretraining_tasks(name, sources.TextFileSource({"train": str(corpus)}), vocabulary=vocab,
-                                        objective_configs={"sentence": pretrain.OBJECTIVES["sentence"]},
+    pretraining.register_pretraining_tasks(name, sources.TextFileSource({"train": str(corpus)}), vocabulary=vocab,
+                                        objective_configs={"sentence": pretraining.OBJECTIVES["sentence"]},
                                         overwrite=True)
-    task = seqio.get_mixture_or_task(pretrain.task_name("sentence", name))
+    task = seqio.get_mixture_or_task(pretraining.task_name("sentence", name))
     ds = GLMFeatureConverter(pack=False, command_tokens=vocab.command_tokens)(
         task.get_dataset({"tokens": 64, "targets": 64}, split="train", shuffle=False, seed=0), {"tokens": 64})
     rows = list(ds.take(4).as_numpy_iterator())

@@ -36,7 +36,7 @@ def _glm_jax_commands() -> list[str]:
 
 def test_every_readme_glm_jax_command_parses():
     """Each `glm-jax ...` line of the README names a real subcommand and real options
-    (the runnable ones also run: tests/test_train_cli.py, test_generate_cli.py, ...)."""
+    (the runnable ones also run: tests/test_cli_train.py, test_cli_generate.py, ...)."""
     import shlex
 
     from glm_jax import cli

@@ -11,14 +11,16 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import corpus
-from tasks.sources import (
+from glm_jax.data import corpus
+from glm_jax.data.sources import (
     BadDocumentError,
     EmbeddedCorpusSource,
     JsonLinesSource,
+    ShardableSource,
     TextFileSource,
     TfdsTextSource,
 )
+from glm_jax.data.superglue.sources import SuperGLUESource
 
 
 
@@ -109,7 +111,7 @@ def test_skip_counts_and_warns(tmp_path, caplog):
     content = '{"text": "a"}\nnope\n{"text": "b"}\n{"x": 1}\n{"text": "c"}\n'
     path = write(tmp_path / "mixed.jsonl", content)
     src = JsonLinesSource({"train": str(path)}, on_error="skip")
-    with caplog.at_level(logging.WARNING, logger="tasks.sources"):
+    with caplog.at_level(logging.WARNING, logger="glm_jax.data.sources"):
         assert list(src.iter_documents("train")) == ["a", "b", "c"]
     (record,) = [r for r in caplog.records if "skipped" in r.getMessage()]
     message = record.getMessage()
@@ -167,6 +169,23 @@ def test_bad_shard_info(tmp_path):
     path = write(tmp_path / "a.txt", "x\n")
     with pytest.raises(ValueError, match="index < num_shards"):
         TextFileSource({"train": str(path)}).get_dataset("train", shard_info=seqio.ShardInfo(2, 2))
+
+
+@pytest.mark.parametrize(
+    "cls", [TextFileSource, JsonLinesSource, EmbeddedCorpusSource, TfdsTextSource, SuperGLUESource]
+)
+def test_every_source_shares_one_get_dataset(cls):
+    assert issubclass(cls, ShardableSource)
+    assert cls.get_dataset is ShardableSource.get_dataset  # each source writes only _make_dataset
+    assert cls.supports_arbitrary_sharding is ShardableSource.supports_arbitrary_sharding
+
+
+def test_get_dataset_takes_and_ignores_seqio_only_arguments(tmp_path):
+    path = write(tmp_path / "a.txt", "one\ntwo\n")
+    ds = TextFileSource({"train": str(path)}).get_dataset(
+        "train", shuffle=False, sequence_length={"targets": 4}, use_cached=False, num_epochs=None
+    )
+    assert texts(ds) == ["one", "two"]
 
 
 def test_embedded_source(corpus_dir):

@@ -12,10 +12,11 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks import corpus
-from tasks.superglue import patterns, readers, registry
-from tasks.superglue.converter import ClozeFeatureConverter, cloze_batches
-from tasks.superglue.inputs import encode_example
+from glm_jax.data import corpus
+from glm_jax.data.superglue import patterns, readers, registry
+from glm_jax.data.superglue.converter import ClozeFeatureConverter, cloze_batches
+from glm_jax.data.superglue.inputs import encode_example
+from glm_jax.data.embedded_vocab import EmbeddedVocabulary
 from test_superglue_inputs import DATA, write
 from test_superglue_sources import fake_as_dataset
 
@@ -27,7 +28,7 @@ MULTI_KEYS = ("tokens", "position_ids", "block_position_ids", "targets", "loss_m
 
 @pytest.fixture(scope="module")
 def vocab(corpus_dir):
-    return corpus.embedded_vocabulary(corpus_dir)
+    return EmbeddedVocabulary(corpus_dir)
 
 
 @pytest.fixture(scope="module")

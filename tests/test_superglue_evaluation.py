@@ -11,8 +11,9 @@ from typing import Iterator, Mapping
 import numpy as np
 import pytest
 
-from tasks import corpus
-from tasks.superglue import evaluation, registry
+from glm_jax.data import corpus
+from glm_jax.data.superglue import evaluation, registry
+from glm_jax.data.embedded_vocab import EmbeddedVocabulary
 from test_superglue_inputs import DATA, write
 
 PREFIX = "evaltest"
@@ -88,7 +89,7 @@ def registered(tmp_path_factory, corpus_dir) -> Iterator[list[str]]:
     for task, records in VALIDATION.items():
         write(root, task, "validation", records)
         write(root, task, "test", DATA[task])
-    names = registry.register_superglue_tasks(vocabulary=corpus.embedded_vocabulary(corpus_dir), data_dir=str(root),
+    names = registry.register_superglue_tasks(vocabulary=EmbeddedVocabulary(corpus_dir), data_dir=str(root),
                                               prefix=PREFIX, pattern_ids=[])
     yield names
     registry.unregister(names)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from glm_jax.command_tokens import CommandTokens
-from tasks.superglue import inputs, patterns, readers
-from tasks.superglue.patterns import MASK
-from tasks.superglue.readers import SuperGLUEFormatError, read_split
+from glm_jax.data.superglue import inputs, patterns, readers
+from glm_jax.data.superglue.patterns import MASK
+from glm_jax.data.superglue.readers import SuperGLUEFormatError, read_split
 
 CMD = CommandTokens(pad=0, eos=0, cls=1, mask=2, sop=3, eop=4, unk=5)
 _TOKEN = re.compile(r"\s?\w+|\s?[^\w\s]")
@@ -365,7 +365,7 @@ REAL_BERT = Path(__file__).resolve().parents[2] / "shared" / "vocab" / "bert_bas
 @pytest.mark.parametrize("pattern_id", [0, 1, 4])
 def test_multirc_passage_ending_in_a_space_gets_one_period(tmp_path: Path, pattern_id):
     """Real MultiRC passages end in ". " (official pvp.py strips it before the final punctuation)."""
-    from tasks.official_vocabs import official_vocabulary
+    from glm_jax.data.official_vocabs import official_vocabulary
 
     vocab = official_vocabulary("bert", REAL_BERT)
     example = readers.Example("g-a0", {"passage": "They hid in the cellar and survived. ",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.superglue import metrics
+from glm_jax.data.superglue import metrics
 
 
 def test_accuracy():

@@ -9,8 +9,8 @@ import pytest
 import seqio
 
 import tasks  # noqa: F401  (registers the default glm_superglue_* tasks)
-from tasks.superglue import metrics, patterns, readers, registry, sources
-from tasks.superglue.readers import Example
+from glm_jax.data.superglue import metrics, patterns, readers, registry, sources
+from glm_jax.data.superglue.readers import Example
 from test_superglue_inputs import DATA, FakeVocab, write
 
 PATTERN_COUNTS = {"BoolQ": 6, "CB": 5, "COPA": 2, "MultiRC": 5, "ReCoRD": 1, "RTE": 5, "WiC": 3, "WSC": 3}

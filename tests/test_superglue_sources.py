@@ -17,8 +17,8 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tasks.superglue import readers, sources
-from tasks.superglue.readers import read_split
+from glm_jax.data.superglue import readers, sources
+from glm_jax.data.superglue.readers import read_split
 from test_superglue_inputs import DATA, write
 
 # The DATA records of test_superglue_inputs as TFDS rows. ClassLabel ids follow

@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from glm_jax import config as config_lib
-from glm_jax import sharding, train
+from glm_jax import sharding, train, train_state
 from glm_jax.model import GLM, ModelConfig, stack_layers
 from glm_jax.optim import OptimizerConfig, make_optimizer
 
@@ -63,7 +63,7 @@ def mesh1():
 @pytest.fixture(scope="module")
 def initial(mesh8):
     """A state initialised directly on the 2x2x2 mesh."""
-    return train.init_train_state(TINY, SGD, mesh8, jax.random.key(42))
+    return train_state.init_train_state(TINY, SGD, mesh8, jax.random.key(42))
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def params(initial):
 def place(params, tx, mesh, config=TINY, step=0):
     """A state holding ``params``, copied into the layout for ``mesh``."""
     params = jax.device_get(params)  # a fresh copy: the step donates its state
-    _, shardings = train.train_state_shardings(config, tx, mesh)
-    state = train.TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params))
+    _, shardings = train_state.train_state_shardings(config, tx, mesh)
+    state = train_state.TrainState(step=jnp.asarray(step, jnp.int32), params=params, opt_state=tx.init(params))
     return jax.device_put(state, shardings)
 
 
@@ -123,7 +123,7 @@ def test_init_is_sharded_and_follows_the_initialisers(initial, params):
 
 def test_optimizer_state_is_sharded_like_params(mesh8):
     tx, _ = make_optimizer(OptimizerConfig(decay_steps=10, warmup=0.0))
-    _, shardings = train.train_state_shardings(TINY, tx, mesh8)
+    _, shardings = train_state.train_state_shardings(TINY, tx, mesh8)
     adam = shardings.opt_state[1][0]
     assert adam.count.spec == P()
     assert adam.mu == shardings.params and adam.nu == shardings.params
@@ -163,7 +163,7 @@ def test_loss_is_token_level_mean_over_the_batch(params, mesh8, reference):
     np.testing.assert_allclose(metrics["accuracy"], accuracy, rtol=1e-6)
     assert metrics["loss_tokens"] == counts.sum() and metrics["tokens"] == B * T
 
-    sharded = jax.device_put(params, train.params_layout(TINY, mesh8)[1])
+    sharded = jax.device_put(params, train_state.params_layout(TINY, mesh8)[1])
     sharded_batch = sharding.shard_batch(batch, mesh8)
     evaluated = compile_fast(train.make_eval_step(TINY, mesh8), sharded, sharded_batch)(sharded, sharded_batch)
     np.testing.assert_allclose(float(evaluated["loss"]), token_mean, rtol=1e-5)
@@ -277,7 +277,7 @@ def test_mesh_that_does_not_fit_the_devices_is_named():
 
 def _toy_state(optimizer):
     params = {"w": jnp.arange(4, dtype=jnp.float32), "b": jnp.ones((2,), jnp.float32)}
-    return train.TrainState(step=jnp.int32(7), params=params, opt_state=optimizer.init(params))
+    return train_state.TrainState(step=jnp.int32(7), params=params, opt_state=optimizer.init(params))
 
 
 @pytest.mark.parametrize("bad", ["grad", "loss"])

@@ -13,8 +13,9 @@ import sentencepiece as spm
 import seqio
 import tensorflow as tf
 
-from tasks import corpus
-from tasks.vocab import COMMANDS, EmbeddedVocabulary, GLMVocabulary
+from glm_jax.data import corpus
+from glm_jax.data.embedded_vocab import EmbeddedVocabulary
+from glm_jax.data.vocab import COMMANDS, GLMVocabulary
 
 SENTENCES = [
     "Paris is the [MASK] of France.",
@@ -30,7 +31,7 @@ SENTENCES = [
 
 @pytest.fixture(scope="session")
 def vocab(corpus_dir) -> GLMVocabulary:
-    return corpus.embedded_vocabulary(corpus_dir)
+    return EmbeddedVocabulary(corpus_dir)
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from glm_jax.checkpointing.items import (
 )
 from glm_jax.checkpointing.preemption import preemption_requested
 from glm_jax.checkpointing.watchdog import SaveWatchdog
+from glm_jax.typed_config import require_at_least, to_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,8 @@ class CheckpointConfig:
     async_save: bool = True
 
     def __post_init__(self):
-        if self.save_interval_steps < 1:
-            raise ValueError(f"checkpoint.save_interval_steps must be >= 1, got {self.save_interval_steps}")
-        for name in ("max_to_keep", "keep_period"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"checkpoint.{name} must be >= 1 or null, got {value}")
+        require_at_least("checkpoint", self, 1, "save_interval_steps")
+        require_at_least("checkpoint", self, 1, "max_to_keep", "keep_period", or_null=True)
 
 
 class Checkpointer:
@@ -165,7 +162,7 @@ class Checkpointer:
             returns (orbax has copied them to host memory).
           data_iterator: a DataIteratorState, or an iterator with
             get_state()/set_state(); its position is saved before save returns.
-          config: the run's config, a dataclass (saved with glm_jax.config.to_yaml)
+          config: the run's config, a dataclass (saved with glm_jax.typed_config.to_yaml)
             or YAML text.
           force: save regardless of the interval.
         """
@@ -433,12 +430,7 @@ def _absolute(directory: str) -> epath.Path:
 
 
 def _config_text(config: Any) -> str:
-    if isinstance(config, str):
-        return config
-    # Imported here: glm_jax.config imports this module for CheckpointConfig.
-    from glm_jax.config import to_yaml
-
-    return to_yaml(config)
+    return config if isinstance(config, str) else to_yaml(config)
 
 
 def _path_str(path: Sequence[Any]) -> str:

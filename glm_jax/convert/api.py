@@ -12,7 +12,8 @@ import flax.linen as nn
 import ml_dtypes
 import numpy as np
 
-from glm_jax.convert import layout, sources
+from glm_jax import model_dir
+from glm_jax.convert import param_map, sources
 from glm_jax.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -73,8 +74,8 @@ def load_official(
             "%s: num_heads=%d overrides num_attention_heads=%d from %s",
             source, num_heads, raw.hints["num_attention_heads"], raw.hints_file,
         )
-    config = layout.infer_config(raw.state_dict, num_heads=num_heads, hints=raw.hints, source=source)
-    layout.check_state_dict(raw.state_dict, config, source)
+    config = param_map.infer_config(raw.state_dict, num_heads=num_heads, hints=raw.hints, source=source)
+    param_map.check_state_dict(raw.state_dict, config, source)
 
     state_dict = raw.state_dict
     if max_position_embeddings is not None and max_position_embeddings != config.max_position_embeddings:
@@ -86,12 +87,12 @@ def load_official(
             source, config.max_position_embeddings, max_position_embeddings,
             f" (new rows drawn from N(0, {config.init_std}))" if grows else "",
         )
-        layout.resize_position_tables(state_dict, max_position_embeddings, config.init_std)
+        param_map.resize_position_tables(state_dict, max_position_embeddings, config.init_std)
         config = config.replace(max_position_embeddings=max_position_embeddings)
 
-    params = layout.to_params(state_dict, config)
+    params = param_map.to_params(state_dict, config)
     if scan_layers:
-        params = layout.stack_layers(params, config.num_layers)
+        params = param_map.stack_layers(params, config.num_layers)
         config = config.replace(scan_layers=True)
     return config, params
 
@@ -142,9 +143,9 @@ def export_official(
 
     params = nn.unbox(dict(params))
     if "layers" in params:
-        params = layout.unstack_layers(params, config.num_layers)
-    layout.check_params(params, config, what="params to export")
-    state_dict = layout.to_state_dict(params, config, EXPORT_DTYPES[dtype])
+        params = param_map.unstack_layers(params, config.num_layers)
+    param_map.check_params(params, config, what="params to export")
+    state_dict = param_map.to_state_dict(params, config, EXPORT_DTYPES[dtype])
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":
@@ -190,8 +191,6 @@ def convert_checkpoint(
       ValueError / FileNotFoundError: a bad output directory, checkpoint or
         tokenizer, or a tokenizer whose size does not fit the checkpoint.
     """
-    from glm_jax import model_dir
-
     if style not in model_dir.INPUT_STYLES:
         raise ValueError(f"style must be one of {model_dir.INPUT_STYLES}, got {style!r}")
     if style == "hf":
@@ -207,10 +206,10 @@ def convert_checkpoint(
     if style == "hf":
         config = config.replace(activation="gelu_exact")  # the port's erf GELU (spec 1.4, 1.10)
     model_dir.save_model_dir(out, config, params, tokenizer=tokenizer)
-    count = sum(math.prod(np.shape(v)) for _, v in layout.flatten(params))
+    count = sum(math.prod(np.shape(v)) for _, v in param_map.flatten(params))
     recorded = "no tokenizer" if tokenizer is None else f"tokenizer {tokenizer.kind} ({tokenizer.input_style} inputs)"
     print(
-        f"converted {src} -> {out}: {layout.describe(config)} scan_layers={config.scan_layers} "
+        f"converted {src} -> {out}: {param_map.describe(config)} scan_layers={config.scan_layers} "
         f"activation={config.activation}, {count:,} parameters (float32), {recorded}"
     )
     return config

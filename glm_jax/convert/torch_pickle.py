@@ -274,16 +274,10 @@ class TorchCheckpoint:
         """
         cache: dict[str, np.ndarray] = {}
 
-        def walk(x: Any) -> Any:
-            if isinstance(x, LazyTensor):
-                return self._read_tensor(x, cache)
-            if isinstance(x, dict):
-                return type(x)((k, walk(v)) for k, v in x.items())
-            if isinstance(x, (list, tuple)):
-                return type(x)(walk(v) for v in x)
-            return x
+        def read(x: Any) -> Any:
+            return self._read_tensor(x, cache) if isinstance(x, LazyTensor) else x
 
-        return walk(obj)
+        return _map_leaves(read, obj)
 
     def _read_storage(self, storage: LazyStorage) -> np.ndarray:
         """The storage's elements as a writable 1-D array (read straight from the file)."""
@@ -401,7 +395,7 @@ def _check_not_zip_like(path: Path) -> None:
 def _load_legacy(path: Path) -> Any:
     """Read a pre-zip torch file with torch itself (weights only), as numpy."""
     try:
-        import torch
+        import torch  # imported here: torch is an optional extra, needed only for legacy files
     except ImportError:
         raise ValueError(
             f"{path} is not a zip-format torch checkpoint (a legacy torch<1.6 file, or not a torch file "
@@ -415,19 +409,25 @@ def _load_legacy(path: Path) -> Any:
         raise ValueError(f"{path}: not a readable legacy torch checkpoint of tensors ({type(e).__name__}; "
                          "the file is damaged, truncated, or holds more than weights)") from None
 
-    def walk(x: Any) -> Any:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu()
-            if x.dtype == torch.bfloat16:  # numpy has no bfloat16; reinterpret the bits.
-                return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-            return x.numpy()
-        if isinstance(x, dict):
-            return type(x)((k, walk(v)) for k, v in x.items())
-        if isinstance(x, (list, tuple)):
-            return type(x)(walk(v) for v in x)
-        return x
+    def to_numpy(x: Any) -> Any:
+        if not isinstance(x, torch.Tensor):
+            return x
+        x = x.detach().cpu()
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16; reinterpret the bits.
+            return x.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return x.numpy()
 
-    return walk(obj)
+    return _map_leaves(to_numpy, obj)
+
+
+def _map_leaves(fn: Callable[[Any], Any], obj: Any) -> Any:
+    """``obj`` with ``fn`` applied to every value inside dicts, lists and tuples
+    (recursively) that is none of those; the containers keep their types."""
+    if isinstance(obj, dict):
+        return type(obj)((k, _map_leaves(fn, v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_leaves(fn, v) for v in obj)
+    return fn(obj)
 
 
 def load_torch_checkpoint(path: PathLike) -> Any:

@@ -5,16 +5,16 @@
   one jitted loop per batch (glm_jax/decoding/search.py).
 * :func:`score` / :func:`score_batch`: log-probabilities of candidate fills of a
   blank (spec 4.1 multi-token cloze).
-* :func:`cli_generate` / :func:`add_generate_arguments`: ``glm-jax generate``.
+* glm_jax/decoding/text_prompts.py: prompts written as text, in an input style, to
+  the records ``glm-jax generate`` (glm_jax/cli/generate.py) prints.
 
 The cache itself lives in the model (``GLM(..., decode=True)``, glm_jax/model/glm.py).
 """
 
 from glm_jax.decoding.infill import Generation, TextGeneration, Vocabulary, generate, infill, infill_text
-from glm_jax.decoding.layout import blank_positions, build_context, fill_blanks
+from glm_jax.decoding.prompt_layout import blank_positions, build_context, fill_blanks
 from glm_jax.decoding.scoring import score, score_batch
 from glm_jax.decoding.settings import STRATEGIES, DecodeSettings
-from glm_jax.generate_cli import add_generate_arguments, cli_generate
 
 __all__ = [
     "STRATEGIES",
@@ -22,10 +22,8 @@ __all__ = [
     "Generation",
     "TextGeneration",
     "Vocabulary",
-    "add_generate_arguments",
     "blank_positions",
     "build_context",
-    "cli_generate",
     "fill_blanks",
     "generate",
     "infill",

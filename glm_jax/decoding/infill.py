@@ -4,7 +4,7 @@
 * :func:`infill` builds each context from a prompt's ids first (spec 2.3:
   ``[CLS] text [eos]``, ``[gMASK]`` appended to text without a blank).
 * :func:`infill_text` does the same from strings, with any vocabulary that has
-  ``encode``, ``decode`` and ``command_tokens`` (e.g. ``tasks.vocab.GLMVocabulary``).
+  ``encode``, ``decode`` and ``command_tokens`` (e.g. ``glm_jax.data.vocab.GLMVocabulary``).
 
 All prompts of one call run as one batch in one compiled loop
 (glm_jax/decoding/search.py); call it with prompts of similar lengths, or batch
@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from glm_jax.command_tokens import CommandTokens
-from glm_jax.decoding import layout, search
+from glm_jax.decoding import prompt_layout, search
 from glm_jax.decoding.settings import DecodeSettings
 from glm_jax.model.config import ModelConfig
 
@@ -123,7 +123,7 @@ def generate(
         )
     ct = command_tokens
     check_ids(contexts, ct, config.vocab_size)
-    batch = layout.pad_contexts(contexts, ct, position_table_size=config.position_table_size)
+    batch = prompt_layout.pad_contexts(contexts, ct, position_table_size=config.position_table_size)
     loop = search.beam_search if settings.strategy == "beam" else search.sample
     result = loop(
         params, batch.tokens, batch.lengths, batch.blank_positions, batch.num_blanks, jax.random.PRNGKey(seed),
@@ -135,7 +135,7 @@ def generate(
     for i, context in enumerate(contexts):
         n = int(result.num_tokens[i])
         tokens = [int(t) for t in result.tokens[i, :n]]
-        positions = layout.blank_positions(context, ct)
+        positions = prompt_layout.blank_positions(context, ct)
         spans = _split_spans(tokens, end_ids, len(positions))
         out.append(
             Generation(
@@ -143,7 +143,7 @@ def generate(
                 blank_positions=tuple(positions),
                 spans=tuple(tuple(s) for s in spans),
                 complete=bool(result.complete[i]),
-                filled=tuple(layout.fill_blanks(context, positions, spans, ct)),
+                filled=tuple(prompt_layout.fill_blanks(context, positions, spans, ct)),
                 tokens=tuple(tokens),
                 token_logprobs=tuple(float(x) for x in result.logprobs[i, :n]),
                 score=float(result.score[i]),
@@ -180,7 +180,7 @@ def infill(
     seed: int = 0,
 ) -> list[Generation]:
     """:func:`generate` on ``build_context(prompt)`` for each prompt's text ids."""
-    contexts = [layout.build_context(p, command_tokens) for p in prompts]
+    contexts = [prompt_layout.build_context(p, command_tokens) for p in prompts]
     return generate(params, config, contexts, command_tokens, settings, seed=seed)
 
 
@@ -208,7 +208,7 @@ def infill_text(
     """Fill the blanks written in strings ("Paris is the [MASK] of France.").
 
     ``vocab`` must recognise the blank literals ([MASK], [sMASK], [gMASK]) in
-    ``encode``, as ``tasks.vocab.GLMVocabulary`` does.
+    ``encode``, as ``glm_jax.data.vocab.GLMVocabulary`` does.
     """
     ct = vocab.command_tokens
     generations = infill(params, config, [list(vocab.encode(p)) for p in prompts], ct, settings, seed=seed)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from glm_jax.command_tokens import CommandTokens
-from glm_jax.decoding import layout
+from glm_jax.decoding import prompt_layout
 from glm_jax.decoding.infill import check_params
 from glm_jax.decoding.search import prefill
 from glm_jax.model.config import ModelConfig
@@ -97,7 +97,7 @@ def score_batch(
     if blank_positions is None:
         blank_positions = []
         for i, context in enumerate(contexts):
-            found = layout.blank_positions(context, ct)
+            found = prompt_layout.blank_positions(context, ct)
             if not found:
                 raise ValueError(f"context {i} has no blank ([MASK], [sMASK] or [gMASK]) to score candidates in")
             blank_positions.append(found[-1])
@@ -125,11 +125,11 @@ def score_batch(
         if not 0 <= blank_positions[i] < len(context):
             raise ValueError(f"blank position {blank_positions[i]} is outside context {i} of length {len(context)}")
 
-    length = layout.round_up(max(len(c) for c in contexts), 16)
-    answer_len = layout.round_up(longest, 8)
+    length = prompt_layout.round_up(max(len(c) for c in contexts), 16)
+    answer_len = prompt_layout.round_up(longest, 8)
     # Bucketed like the lengths, so that calls with a few candidates more or less
     # share one compiled function.
-    num_cands = layout.round_up(max(len(a) for a in answers), 4)
+    num_cands = prompt_layout.round_up(max(len(a) for a in answers), 4)
     batch = len(contexts)
     context = np.full((batch, length), ct.pad, np.int32)
     inputs = np.full((batch, num_cands, answer_len), ct.pad, np.int32)

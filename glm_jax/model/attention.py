@@ -228,14 +228,14 @@ def pallas_kernel(platform: str, length: int, block_size: int, interpret: Option
     """
     # Imported lazily: Pallas loads Triton / Mosaic pieces that plain runs never need.
     if platform == "tpu":
-        from glm_jax.model.kernels import pallas_tpu
+        from glm_jax.model.kernels import pallas_tpu  # lazy: Mosaic pieces (see above)
 
         block_kv = _round_up(min(block_size, _round_up(length, 128)), 128)
         block_q = min(_round_up(block_size, 8), block_kv)
         interpret = platform != "tpu" if interpret is None else interpret
         return lambda q, k, v, seg, pa, rng: pallas_tpu.pallas_tpu_attention(
             q, k, v, seg, pa, block_q=block_q, block_kv=block_kv, interpret=interpret)
-    from glm_jax.model.kernels import pallas_gpu
+    from glm_jax.model.kernels import pallas_gpu  # lazy: Triton pieces (see above)
 
     block = min(block_size, max(16, 1 << (length - 1).bit_length()))
     interpret = platform != "gpu" if interpret is None else interpret

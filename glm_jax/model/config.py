@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from glm_jax.typed_config import require_divisible, require_positive
+
 ACTIVATIONS = ("gelu_tanh", "gelu_exact")
 DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch", "minimal")
@@ -74,14 +76,10 @@ class ModelConfig:
     attention_block_size: int = 128
 
     def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"model.hidden_size ({self.hidden_size}) must be divisible by "
-                f"model.num_heads ({self.num_heads})"
-            )
+        require_positive(
+            "model", self, "vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings"
+        )
+        require_divisible("model", self, "hidden_size", "num_heads")
         _check_choice("activation", self.activation, ACTIVATIONS)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("param_dtype", self.param_dtype, DTYPES)

@@ -7,7 +7,7 @@ Spec sections 1.2-1.6 (../shared/docs/glm_spec.md). One layer is
 
 and the logits are ``LN_final(x) @ word_embeddings.T`` (tied, no bias), in float32.
 
-Parameter layout (glm_jax/convert/layout.py maps the official names onto it):
+Parameter layout (glm_jax/convert/param_map.py maps the official names onto it):
 
     word_embeddings/embedding                      [vocab, embed]
     position_embeddings/embedding                  [max_pos + 1, embed]
