@@ -12,7 +12,7 @@ from glm_jax.model import ModelConfig
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the shared options to ``parser``; returns it."""
-    parser.add_argument("--task", required=True, help="boolq, cb, copa, multirc, record, rte, wic or wsc")
+    parser.add_argument("--task", required=True, help="boolq, cb, copa, multirc, record, rte, wic or wsc (eval also: lambada, wikitext103, lm)")
     parser.add_argument("--checkpoint", required=True, help="glm-jax model directory (from train, convert or finetune)")
     parser.add_argument(
         "--config", default=None,
