@@ -102,13 +102,16 @@ class LossSums(NamedTuple):
 # ------------------------------------------------------------------------- loss
 
 
-def loss_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> LossSums:
+def loss_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array, label_smoothing: float = 0.0) -> LossSums:
     """Masked cross-entropy and accuracy sums.
 
     Args:
       logits: ``[B, T, V]``, upcast to float32.
       targets: ``[B, T]`` int token ids.
       loss_mask: ``[B, T]``, 0/1 (any numeric dtype).
+      label_smoothing: epsilon of the official seq2seq loss (spec 4.4):
+        ``(1 - eps) * CE + eps * mean_v(-log_softmax)``, the mean over the whole
+        (padded) vocabulary; 0 leaves the CE untouched, bit for bit.
     """
     logits = logits.astype(jnp.float32)
     mask = loss_mask.astype(jnp.float32)
@@ -119,8 +122,12 @@ def loss_sums(logits: jax.Array, targets: jax.Array, loss_mask: jax.Array) -> Lo
     vocab_ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
     target_logit = jnp.sum(jnp.where(vocab_ids == targets[..., None], logits, 0.0), axis=-1)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    ce = log_z - target_logit
+    if label_smoothing:
+        # -mean_v log_softmax = log_z - mean_v(logits): no [B, T, V] log-probabilities.
+        ce = (1.0 - label_smoothing) * ce + label_smoothing * (log_z - jnp.mean(logits, axis=-1))
     return LossSums(
-        ce=jnp.sum((log_z - target_logit) * mask),
+        ce=jnp.sum(ce * mask),
         correct=jnp.sum(correct * mask),
         loss_tokens=jnp.sum(mask),
     )
@@ -206,9 +213,11 @@ def accumulate_gradients(
     return grads, sums
 
 
+@dataclasses.dataclass(frozen=True)
 class TokenLoss:
     """GLM's token-level loss (spec 3.5) for :func:`make_train_step`: the summed
-    cross-entropy of the loss tokens over the global batch's loss-token count.
+    cross-entropy of the loss tokens over the global batch's loss-token count;
+    with ``label_smoothing``, the seq2seq fine-tuning loss (spec 4.4).
 
     A loss for the step factory has ``count`` (the sums entry that normalises the
     loss and weighs a step in a log interval), ``check(batch, mesh,
@@ -218,6 +227,7 @@ class TokenLoss:
     scalar sums with ``loss``, ``correct`` and ``count``, added over microbatches.
     """
 
+    label_smoothing: float = 0.0
     count = "loss_tokens"
 
     def check(self, batch: Batch, mesh: Mesh, num_microbatches: int) -> None:
@@ -229,7 +239,7 @@ class TokenLoss:
     def __call__(self, model: GLM, params: Any, batch: Batch, static: Any = None, *, deterministic: bool = False,
                  rngs: Any = None) -> dict[str, jax.Array]:
         logits = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs)
-        sums = loss_sums(logits, batch["targets"], batch["loss_mask"])
+        sums = loss_sums(logits, batch["targets"], batch["loss_mask"], self.label_smoothing)
         return {"loss": sums.ce, "correct": sums.correct, "loss_tokens": sums.loss_tokens}
 
 

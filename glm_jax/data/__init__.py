@@ -13,7 +13,9 @@
 * batches: :mod:`~glm_jax.data.feature_converter` (packing) and
   :mod:`~glm_jax.data.pipeline` (``data`` config section, per-process sharded,
   checkpointable batches for the training loop).
-* fine-tuning: :mod:`~glm_jax.data.superglue` (SuperGLUE as cloze questions).
+* fine-tuning: :mod:`~glm_jax.data.superglue` (SuperGLUE as cloze questions),
+  :mod:`~glm_jax.data.seq2seq` (conditional generation rows).
+* zero-shot: :mod:`~glm_jax.data.language_model` (LAMBADA rows, perplexity windows).
 
 The named tasks (``glm_pretrain_*_embedded``, ``glm_superglue_*``) are registered
 by the top-level ``tasks`` package, which imports this one, never the reverse.
