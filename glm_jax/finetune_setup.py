@@ -25,6 +25,7 @@ from glm_jax import cloze, model_dir, train_state
 from glm_jax import config as config_lib
 from glm_jax.data import superglue
 from glm_jax.data.superglue.finetune_data import SuperGLUEData
+from glm_jax.data.tokenizers import TokenizerConfig
 from glm_jax.finetune import RUN_CONFIG, FinetuneRunConfig, check_same_architecture
 from glm_jax.model import ModelConfig
 
@@ -127,7 +128,7 @@ def check_task_fits(info: superglue.ClozeTaskInfo, model: ModelConfig) -> None:
         info.verbalizer_ids()  # raises, naming the task and pattern, if the label words collide
 
 
-def absolute_tokenizer(checkpoint: str) -> Optional[model_dir.TokenizerConfig]:
+def absolute_tokenizer(checkpoint: str) -> Optional[TokenizerConfig]:
     """The model directory's TokenizerConfig with absolute file paths (to copy into an
     exported model), or None when it records none."""
     tokenizer = model_dir.read_tokenizer(checkpoint)

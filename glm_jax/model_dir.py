@@ -45,9 +45,8 @@ import orbax.checkpoint as ocp
 import yaml
 
 from glm_jax import config as config_lib
-from glm_jax.data.tokenizers import (  # noqa: F401  (the tokenizer record is part of the directory format)
-    INPUT_STYLES, STORED_NAMES, TOKENIZER_KINDS, VOCAB_FILE, TokenizerConfig, build_vocabulary,
-    check_vocabulary_fits, sentencepiece_vocabulary, tokenizer_of,
+from glm_jax.data.tokenizers import (
+    STORED_NAMES, VOCAB_FILE, TokenizerConfig, build_vocabulary, check_vocabulary_fits, sentencepiece_vocabulary,
 )
 from glm_jax.model import GLM, ModelConfig
 
@@ -261,7 +260,7 @@ def write_tokenizer(path: PathLike, tokenizer: TokenizerConfig) -> TokenizerConf
     if merges_name is not None:
         shutil.copyfile(sources["merges_file"], path / merges_name)
     stored = dataclasses.replace(tokenizer, vocab_file=vocab_name, merges_file=merges_name)
-    header = "# glm-jax tokenizer: glm_jax.model_dir.TokenizerConfig (file paths relative to this directory)\n"
+    header = "# glm-jax tokenizer: glm_jax.data.tokenizers.TokenizerConfig (file paths relative to this directory)\n"
     (path / TOKENIZER_FILE).write_text(header + config_lib.to_yaml(stored))
     return stored
 

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import flax.linen as nn
 import ml_dtypes
@@ -14,10 +14,9 @@ import numpy as np
 
 from glm_jax import model_dir
 from glm_jax.convert import param_map, sources
+from glm_jax.data import tokenizers
+from glm_jax.data.tokenizers import TokenizerConfig
 from glm_jax.model.config import ModelConfig
-
-if TYPE_CHECKING:
-    from glm_jax.model_dir import TokenizerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +180,7 @@ def convert_checkpoint(
     Args:
       src, max_position_embeddings, scan_layers, num_heads: see :func:`load_official`.
       tokenizer: the tokenizer to record with the model
-        (``glm_jax.model_dir.TokenizerConfig``, file paths as they are now; the
+        (``glm_jax.data.tokenizers.TokenizerConfig``, file paths as they are now; the
         files are copied in). Its padded size must equal the checkpoint's vocab_size.
       style: ``"official"`` reproduces the THUDM/GLM code (tanh GELU, official
         inputs); ``"hf"`` the Hugging Face port (``activation="gelu_exact"`` and
@@ -191,15 +190,15 @@ def convert_checkpoint(
       ValueError / FileNotFoundError: a bad output directory, checkpoint or
         tokenizer, or a tokenizer whose size does not fit the checkpoint.
     """
-    if style not in model_dir.INPUT_STYLES:
-        raise ValueError(f"style must be one of {model_dir.INPUT_STYLES}, got {style!r}")
+    if style not in tokenizers.INPUT_STYLES:
+        raise ValueError(f"style must be one of {tokenizers.INPUT_STYLES}, got {style!r}")
     if style == "hf":
         if tokenizer is None:
             raise ValueError("style 'hf' needs a tokenizer: the input style is recorded in its tokenizer.yaml")
         tokenizer = dataclasses.replace(tokenizer, input_style="hf")
     out = model_dir.ensure_empty_dir(out_dir)
     if tokenizer is not None:
-        model_dir.build_vocabulary(tokenizer)  # missing or malformed files fail before the load
+        tokenizers.build_vocabulary(tokenizer)  # missing or malformed files fail before the load
     config, params = load_official(
         src, num_heads=num_heads, max_position_embeddings=max_position_embeddings, scan_layers=scan_layers
     )
