@@ -66,9 +66,10 @@ TABLE: dict[str, Command] = {
     ),
     "eval": Command(
         "glm_jax.cli.evaluate",
-        help="score a model directory on a SuperGLUE task as cloze and write its predictions",
-        description="Evaluate on a SuperGLUE task as cloze (seqio metrics); prints a metric table and "
-        "writes the predictions with their example ids.",
+        help="score a model directory on a SuperGLUE task as cloze, or zero-shot on LAMBADA / perplexity",
+        description="Evaluate on a SuperGLUE task as cloze (seqio metrics; prints a metric table and "
+        "writes the predictions with their example ids), or zero-shot (spec 4.5): LAMBADA last-word "
+        "accuracy or perplexity with overlapping windows.",
     ),
     "show-example": Command(
         "glm_jax.cli.show_example",
