@@ -244,7 +244,7 @@ def run(
             f"fine-tuning {ft.task} on {jax.device_count()} {jax.devices()[0].platform} device(s), mesh "
             f"{dict(mesh.shape)}: {ft.epochs} epochs x {steps_per_epoch} steps of {ft.batch_size} examples, "
             f"steps {start_step}->{total}",
-            f"learning rate: peak {oc.learning_rate:g}, warmup {oc.warmup_iters:g} steps, {oc.decay_style} decay "
+            f"learning rate: peak {oc.learning_rate:g}, warmup {describe_warmup(oc)}, {oc.decay_style} decay "
             f"to {oc.lr_decay_ratio:g}x at step {total} (optimizer.decay_steps = epochs x steps per epoch)",
         ]
 
@@ -278,6 +278,16 @@ def run(
         )
     return FinetuneResult(result.state, result.start_step, result.final_step, steps_per_epoch, result.history, best,
                           result.stopped_early)
+
+
+def describe_warmup(optimizer: OptimizerConfig) -> str:
+    """``5 steps``; a fractional warm-up (``optimizer.warmup`` of a short run) says so:
+    ``0.6 steps (optimizer.warmup=0.1 of 6)``, which the schedule keeps as a float, as
+    the official one does."""
+    steps = optimizer.warmup_iters
+    if float(steps).is_integer():
+        return f"{steps:g} steps"
+    return f"{steps:g} steps (optimizer.warmup={optimizer.warmup:g} of {optimizer.decay_steps})"
 
 
 def _initial_state(params: Any, optimizer, state_shardings: train_state.TrainState) -> train_state.TrainState:

@@ -25,6 +25,7 @@ import pytest
 
 from glm_jax import cloze, finetune, sharding
 from glm_jax import config as config_lib
+from glm_jax.optim import OptimizerConfig
 from glm_jax.command_tokens import CommandTokens
 from glm_jax.model import GLM, ModelConfig
 from glm_jax.model_dir import load_model_dir
@@ -223,3 +224,9 @@ def test_an_epoch_saved_but_not_evaluated_is_evaluated_on_resume(tmp_path, rows,
     (record,) = [r for r in again.history if "metrics" in r]
     assert record["epoch"] == 2 and record["metrics"] == [r for r in first.history if "metrics" in r][1]["metrics"]
     assert (tmp_path / "r" / finetune.BEST_DIR).is_dir() and again.best["epoch"] == 2
+
+
+def test_the_warmup_line_says_when_a_short_run_gives_a_fractional_warmup():
+    assert finetune.describe_warmup(OptimizerConfig(warmup=0.1, decay_steps=50)) == "5 steps"
+    assert finetune.describe_warmup(OptimizerConfig(warmup=0.1, decay_steps=6)) == "0.6 steps (optimizer.warmup=0.1 of 6)"
+    assert finetune.describe_warmup(OptimizerConfig(warmup_steps=3, decay_steps=6)) == "3 steps"
