@@ -62,3 +62,32 @@ def test_bad_sources_are_refused():
         seq2seq.seq2seq_row([1, 6, 9, 9, 9], [7], 4, 2, CT)
     with pytest.raises(ValueError, match="no blank"):
         seq2seq.seq2seq_row([1, 9], [7], 4, 2, CT)
+
+
+class Words:
+    """Each word its id (a leading space is id 9), from 20 up."""
+
+    command_tokens = CT
+
+    def __init__(self):
+        self.ids = {}
+
+    def encode(self, text):
+        return ([9] if text.startswith(" ") else []) + [self.ids.setdefault(w, 20 + len(self.ids)) for w in text.split()]
+
+
+def test_summary_row_encodes_the_pieces_separately():
+    vocab = Words()
+    row = lists(seq2seq.summary_row("a b", "c", vocab, 8, 3))
+    # " a b" -> 9 20 21; " Content:" -> 9 22; " c" -> 9 23.
+    assert row["tokens"] == [1, 6, 9, 22, 9, 20, 21, 0, 3, 9, 23]
+    assert row["targets"][8:] == [9, 23, 4]
+    assert lists(seq2seq.summary_row("a b", None, vocab, 8, 3))["tokens"] == [1, 6, 9, 22, 9, 20, 21, 0, 3]
+
+
+def test_question_generation_row_puts_the_blank_before_the_answer():
+    vocab = Words()
+    row = lists(seq2seq.question_generation_row("p q ", "q", "what", vocab, 10, 3))
+    # "p q Question:" -> 20 21 22; " Answer: q" -> 9 23 21; " what" -> 9 24.
+    assert row["tokens"][:9] == [1, 20, 21, 22, 6, 9, 23, 21, 0]
+    assert row["position_ids"][10:] == [4, 4, 4] and row["targets"][10:] == [9, 24, 4]

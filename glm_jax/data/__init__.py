@@ -14,7 +14,8 @@
   :mod:`~glm_jax.data.pipeline` (``data`` config section, per-process sharded,
   checkpointable batches for the training loop).
 * fine-tuning: :mod:`~glm_jax.data.superglue` (SuperGLUE as cloze questions),
-  :mod:`~glm_jax.data.seq2seq` (conditional generation rows).
+  :mod:`~glm_jax.data.seq2seq` (conditional generation rows) and
+  :mod:`~glm_jax.data.seq2seq_files` (the official `.source`/`.target` folders).
 * zero-shot: :mod:`~glm_jax.data.language_model` (LAMBADA rows, perplexity windows).
 
 The named tasks (``glm_pretrain_*_embedded``, ``glm_superglue_*``) are registered

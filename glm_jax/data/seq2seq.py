@@ -99,3 +99,25 @@ def seq2seq_row(source: Sequence[int], target_ids: Optional[Sequence[int]], src_
     out = {k: np.asarray(v, np.int32) for k, v in row.items()}
     out["sep"] = np.int32(src_length)
     return out
+
+
+def summary_row(article: str, summary: Optional[str], vocabulary, src_length: int, tgt_length: int) -> Row:
+    """The row of one summarisation example (CNN/DailyMail, XSum, Gigaword), encoded as
+    upstream does: ``" " + article``, ``" Content:"`` and ``" " + summary`` separately;
+    ``summary`` None gives the evaluation row."""
+    ct = vocabulary.command_tokens
+    source = summary_source(vocabulary.encode(" " + article), vocabulary.encode(" Content:"), src_length, ct)
+    target = None if summary is None else vocabulary.encode(" " + summary)
+    return seq2seq_row(source, target, src_length, tgt_length, ct)
+
+
+def question_generation_row(passage: str, answer: str, question: Optional[str], vocabulary, src_length: int,
+                            tgt_length: int) -> Row:
+    """The row of one SQuAD question-generation example: ``passage.rstrip() +
+    " Question:"``, ``" Answer: " + answer`` and ``" " + question`` encoded
+    separately, as upstream; ``question`` None gives the evaluation row."""
+    ct = vocabulary.command_tokens
+    source = question_source(vocabulary.encode(passage.rstrip() + " Question:"), vocabulary.encode(" Answer: " + answer),
+                             vocabulary.encode(" " + answer), src_length, ct)
+    target = None if question is None else vocabulary.encode(" " + question)
+    return seq2seq_row(source, target, src_length, tgt_length, ct)
