@@ -187,7 +187,10 @@ def test_unwritable_checkpoint_directory_mid_run_stops_within_one_interval(good_
         proc.kill()
     assert result.returncode == 2, result.stderr[-3000:]
     line = error_line(result)
-    assert re.search(r"glm-jax: error: saving checkpoint step \d+ to \S+/checkpoints failed: .*Not a directory", line), line
+    # Which OS error names the loss depends on what the save was doing when the
+    # directory went: writing into it, or removing a step beyond max_to_keep.
+    assert re.search(r"glm-jax: error: saving checkpoint step \d+ to \S+/checkpoints failed: "
+                     r".*(Not a directory|No such file or directory)", line), line
     assert not (run / "model").exists()  # no export of an unsaved state
     # What the run had saved is intact: the newest max_to_keep steps, the latest restores.
     steps = sorted(int(p.name) for p in (run / "kept").iterdir() if p.name.isdigit())
