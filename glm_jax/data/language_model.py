@@ -42,6 +42,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 
 from glm_jax.command_tokens import CommandTokens
+from glm_jax.data.text_files import numbered_lines
 
 PathLike = Union[str, Path]
 Row = dict[str, np.ndarray]
@@ -132,21 +133,18 @@ def read_lambada(path: PathLike) -> list[str]:
     official format). Errors name the file and line."""
     path = Path(path)
     texts = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {e.start})") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: invalid JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}:{number}: no 'text' string field")
-            if not record["text"].split():
-                raise ValueError(f"{path}:{number}: the text is empty")
-            texts.append(record["text"])
+    for number, line in numbered_lines(path):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: invalid JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{number}: no 'text' string field")
+        if not record["text"].split():
+            raise ValueError(f"{path}:{number}: the text is empty")
+        texts.append(record["text"])
     if not texts:
         raise ValueError(f"{path}: no passages")
     return texts
@@ -233,15 +231,10 @@ def read_documents(path: PathLike) -> tuple[list[str], int]:
     blank line counts one)."""
     path = Path(path)
     documents, words = [], 0
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {e.start})") from None
-            words += len(line.split(" "))
-            if line:
-                documents.append(line)
+    for _, line in numbered_lines(path):
+        words += len(line.split(" "))
+        if line:
+            documents.append(line)
     if not documents:
         raise ValueError(f"{path}: no documents")
     return documents, words

@@ -21,6 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Union
 
+from glm_jax.data.text_files import numbered_lines
+
 PathLike = Union[str, Path]
 
 #: glm-jax split names -> the official file stems.
@@ -59,15 +61,8 @@ def detokenize(text: str, dataset: str, *, is_target: bool) -> str:
 def _read_lines(path: Path, dataset: str, *, is_target: bool) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    lines = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid UTF-8 (byte {e.start})") from None
-            lines.append(detokenize(standardize_punctuation(line), dataset, is_target=is_target))
-    return lines
+    return [detokenize(standardize_punctuation(line), dataset, is_target=is_target)
+            for _, line in numbered_lines(path)]
 
 
 def read_split(data_dir: PathLike, split: str, dataset: str) -> list[tuple[str, str]]:
