@@ -428,3 +428,42 @@ def eval_step_for(model_config: ModelConfig, mesh, loss: str = "cross_entropy", 
     """:func:`make_eval_step`, built once per settings in a process (pass the
     arguments positionally: the cache keys on how they are passed)."""
     return make_eval_step(model_config, mesh, loss=loss, length_penalty=length_penalty)
+
+
+class ClozeObjective:
+    """Cloze fine-tuning for :func:`glm_jax.finetune.run` (its ``Objective``): the
+    choice loss (:class:`ChoiceLoss`) and the validation choices of
+    :func:`predict`, whose mean choice loss is reported beside the task's metrics."""
+
+    weight_key = ChoiceLoss.count
+    loss_name = "choice loss"
+
+    def __init__(self) -> None:
+        self._eval_step = self._mesh = None
+
+    def build(self, config: Any, mesh) -> tuple[Any, Callable]:
+        """``(optimizer, train_step)`` for a resolved ``FinetuneRunConfig``."""
+        ft = config.finetune
+        optimizer, train_step, self._eval_step = steps_for(
+            config.model, config.optimizer, mesh, ft.loss, ft.length_penalty, ft.num_microbatches, ft.seed,
+            ft.on_nonfinite == "skip_step",
+        )
+        self._mesh = mesh
+        return optimizer, train_step
+
+    def static(self, batch: Batch) -> Any:
+        # Multi-token rows need logits only over their answers (window_logits).
+        return answer_window(batch["loss_mask"]) if is_multi_token(batch) else None
+
+    def evaluate(self, params: Any, data: Any, output_dir: Optional[str]) -> tuple[dict[str, float], dict[str, float]]:
+        """``(metrics, {"loss": mean choice loss})`` of ``data.evaluate`` (a ``ClozeData``)."""
+        sums: dict[str, float] = {}
+
+        def predict_fn(batches):
+            choices, batch_sums = predict(self._eval_step, params, batches, self._mesh)
+            sums.update(batch_sums)
+            return choices
+
+        scores = data.evaluate(predict_fn, output_dir)
+        return scores, {"loss": sums["loss"] / max(sums["examples"], 1.0)}
+

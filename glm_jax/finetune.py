@@ -9,16 +9,25 @@ best over epochs. The best parameters are exported as a glm-jax model directory
 ``<output_dir>/best.json``.
 
 It runs on the one training loop (glm_jax/loop.py) that pretraining runs on, with
-the one step factory (glm_jax/train.py); what fine-tuning plugs in is the cloze
-loss (``cloze.ChoiceLoss``), epoch boundaries (logged, saved and evaluated), the
-epoch evaluation with best-model export, and the pretrained starting state. A run
+the one step factory (glm_jax/train.py); what fine-tuning plugs in is epoch
+boundaries (logged, saved and evaluated), the epoch evaluation with best-model
+export, the pretrained starting state, and an :class:`Objective`: the loss and how
+a validation split is scored. Two families of tasks have one:
+
+* cloze (``cloze.ClozeObjective``, the default): SuperGLUE, choices scored by the
+  model, data from ``glm_jax.data.superglue.finetune_data.SuperGLUEData``;
+* conditional generation (``glm_jax.seq2seq_finetune.Seq2SeqObjective``, spec
+  4.4): label-smoothed token loss, texts decoded by beam search and scored with
+  ROUGE/BLEU, data from ``glm_jax.data.seq2seq_tasks.Seq2SeqData``.
+
+A run
 restarted with the same output directory resumes from its latest checkpoint: the
 data position is a function of the step (epoch ``step // steps_per_epoch``,
 shuffled with ``seed + epoch``, that many batches skipped).
 
-Where the batches and the validation metrics come from is a :class:`ClozeData`:
-``glm_jax.data.superglue.finetune_data.SuperGLUEData`` for the SuperGLUE seqio tasks, or
-anything with its three methods.
+Where the batches and the validation metrics come from is a :class:`ClozeData`
+(anything with its three methods; the objective decides what its ``evaluate`` is
+handed).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import dataclasses
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Protocol
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +49,7 @@ from glm_jax.typed_config import require_at_least, require_divisible, require_po
 from glm_jax.model import ModelConfig
 from glm_jax.model.config import RUNTIME_FIELDS, architecture_changes
 from glm_jax.optim import OptimizerConfig
+from glm_jax.seq2seq_finetune import Seq2SeqConfig
 from glm_jax.sharding import MeshConfig
 
 Batch = Mapping[str, np.ndarray]
@@ -60,11 +70,13 @@ class FinetuneConfig:
     """The ``finetune`` config section: the task and the epoch loop.
 
     Attributes:
-      task: SuperGLUE task (boolq, cb, copa, multirc, record, rte, wic, wsc); the
-        CLI sets it from ``--task``.
+      task: SuperGLUE task (boolq, cb, copa, multirc, record, rte, wic, wsc) or
+        seq2seq task (cnn_dm, cnn_dm_org, xsum, gigaword, squad_qg: the ``seq2seq``
+        section applies); the CLI sets it from ``--task``.
       pattern_id: the pattern (spec 4.2); None: the official script's (spec 4.3).
-      data_dir: a folder in the official JSONL layout (``RTE/train.jsonl``, ...);
-        None: TFDS ``super_glue`` (prepared, nothing is downloaded).
+      data_dir: a folder in the official layout (SuperGLUE: ``RTE/train.jsonl``,
+        ...; seq2seq: ``train.source``/``.target``, ...); None: TFDS (prepared,
+        nothing is downloaded).
       max_seq_length: row length L; None: the task's (spec 4.3).
       epochs: passes over the training split; the schedule spans all of them.
       batch_size: examples per update, over all devices and microbatches.
@@ -124,6 +136,7 @@ class FinetuneRunConfig:
 
     model: ModelConfig
     finetune: FinetuneConfig = dataclasses.field(default_factory=FinetuneConfig)
+    seq2seq: Seq2SeqConfig = dataclasses.field(default_factory=Seq2SeqConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
@@ -164,6 +177,29 @@ class ClozeData(Protocol):
         ``{example_id: choice index}``. Predictions may be written to ``output_dir``."""
 
 
+class Objective(Protocol):
+    """What a family of tasks plugs into fine-tuning: its loss and its scoring.
+
+    Attributes:
+      weight_key: the train step's metric that weighs a step in a log interval.
+      loss_name: how the evaluation's extra ``loss`` (if any) is labelled.
+    """
+
+    weight_key: str
+    loss_name: str
+
+    def build(self, config: "FinetuneRunConfig", mesh: Any) -> tuple[Any, Callable]:
+        """``(optimizer, jitted train_step)`` for the resolved run config."""
+
+    def static(self, batch: Batch) -> Hashable:
+        """The train step's static argument for a local batch."""
+
+    def evaluate(self, params: Any, data: ClozeData, output_dir: Optional[str]
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+        """``(metrics in percent, extra scalars such as {"loss": ...})`` of ``params``
+        on ``data``'s validation split; predictions go to ``output_dir``."""
+
+
 # -------------------------------------------------------------------------- loop
 
 
@@ -185,6 +221,7 @@ def run(
     data: ClozeData,
     pretrained: Callable[[Any], Any],
     *,
+    objective: Optional[Objective] = None,
     tokenizer: Any = None,
     print_fn: Callable[[str], None] = print,
 ) -> FinetuneResult:
@@ -197,6 +234,7 @@ def run(
       pretrained: ``param_shardings -> params``, the starting weights laid out as
         asked (e.g. ``lambda s: load_model_dir(path, shardings=s)[1]``); not called
         when resuming from a checkpoint.
+      objective: the loss and the scoring; None: cloze (``cloze.ClozeObjective``).
       tokenizer: a ``glm_jax.data.tokenizers.TokenizerConfig`` with absolute file
         paths, stored with the exported best model; None exports weights and config only.
     """
@@ -212,10 +250,8 @@ def run(
     total = ft.epochs * steps_per_epoch
     # The schedule spans the whole run; the saved configs say so.
     config = dataclasses.replace(config, optimizer=dataclasses.replace(config.optimizer, decay_steps=total))
-    optimizer, train_step, eval_step = cloze.steps_for(
-        config.model, config.optimizer, mesh, ft.loss, ft.length_penalty, ft.num_microbatches, ft.seed,
-        ft.on_nonfinite == "skip_step",
-    )
+    objective = objective if objective is not None else cloze.ClozeObjective()
+    optimizer, train_step = objective.build(config, mesh)
     best = read_best(output_dir)
 
     def batches(start_step: int) -> Iterator[Batch]:
@@ -234,7 +270,7 @@ def run(
 
     def end_epoch(step: int, state: train_state.TrainState, writer) -> dict[str, Any]:
         nonlocal best
-        record, best = _end_epoch(config, data, eval_step, state, step, step // steps_per_epoch, mesh, writer, best,
+        record, best = _end_epoch(config, data, objective, state, step, step // steps_per_epoch, writer, best,
                                   tokenizer, print_fn)
         return record
 
@@ -252,15 +288,14 @@ def run(
         train_step=train_step,
         batches=batches,
         init_state=lambda shardings: _initial_state(pretrained(shardings.params), optimizer, shardings),
-        weight_key=cloze.ChoiceLoss.count,
+        weight_key=objective.weight_key,
         is_boundary=lambda step: step % steps_per_epoch == 0,
         evaluate=end_epoch,
         # Saved at an epoch's end, then stopped before its evaluation finished:
         # evaluate it first, so the best-epoch choice sees every epoch.
         pending_evaluation=lambda step: step % steps_per_epoch == 0 and not _epoch_evaluated(
             ft.output_dir, step // steps_per_epoch),
-        # Multi-token rows need logits only over their answers (cloze.window_logits).
-        static=lambda batch: cloze.answer_window(batch["loss_mask"]) if cloze.is_multi_token(batch) else None,
+        static=objective.static,
         extra=lambda step: {"epoch": (step - 1) // steps_per_epoch + 1},
         describe=describe,
     )
@@ -300,9 +335,9 @@ def _initial_state(params: Any, optimizer, state_shardings: train_state.TrainSta
 EPOCH_DONE = "evaluated.json"  # eval/epoch_N/evaluated.json: epoch N is evaluated and its best kept
 
 
-def _end_epoch(config, data, eval_step, state, step, epoch, mesh, writer, best, tokenizer, print_fn):
+def _end_epoch(config, data, objective, state, step, epoch, writer, best, tokenizer, print_fn):
     """Evaluates epoch ``epoch``, keeps the best model, then marks the epoch done."""
-    record = _evaluate_epoch(config, data, eval_step, state, step, epoch, mesh, writer, print_fn)
+    record = _evaluate_epoch(config, data, objective, state, step, epoch, writer, print_fn)
     best = _keep_best(config, record, best, state.params, tokenizer, print_fn)
     if jax.process_index() == 0:
         done = Path(config.finetune.output_dir) / "eval" / f"epoch_{epoch}" / EPOCH_DONE
@@ -322,24 +357,20 @@ def _epoch_evaluated(output_dir: str, epoch: int) -> bool:
     return done
 
 
-def _evaluate_epoch(config, data, eval_step, state, step, epoch, mesh, writer, print_fn) -> dict[str, Any]:
-    sums: dict[str, float] = {}
-
-    def predict_fn(batches: Iterator[Batch]) -> dict[int, int]:
-        choices, batch_sums = cloze.predict(eval_step, state.params, batches, mesh)
-        sums.update(batch_sums)
-        return choices
-
+def _evaluate_epoch(config, data, objective, state, step, epoch, writer, print_fn) -> dict[str, Any]:
     out_dir = Path(config.finetune.output_dir) / "eval" / f"epoch_{epoch}"
-    scores = data.evaluate(predict_fn, str(out_dir))
+    scores, extra = objective.evaluate(state.params, data, str(out_dir))
     if not scores:
         raise ValueError(f"evaluating {config.finetune.task} on {config.finetune.eval_split} returned no metrics")
-    loss = sums["loss"] / max(sums["examples"], 1.0)
-    writer.write(step, {**scores, "loss": loss}, prefix="eval/")
+    writer.write(step, {**scores, **extra}, prefix="eval/")
     writer.flush()
     table = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
-    print_fn(f"epoch {epoch} (step {step}) {config.finetune.eval_split}: {table} | choice loss {loss:.4f}")
-    return {"step": step, "epoch": epoch, "eval_loss": loss, "metrics": scores}
+    loss = f" | {objective.loss_name} {extra['loss']:.4f}" if "loss" in extra else ""
+    print_fn(f"epoch {epoch} (step {step}) {config.finetune.eval_split}: {table}{loss}")
+    record = {"step": step, "epoch": epoch, "metrics": scores}
+    if "loss" in extra:
+        record["eval_loss"] = extra["loss"]
+    return record
 
 
 def _keep_best(config, record, best, params, tokenizer, print_fn) -> Optional[dict[str, Any]]:

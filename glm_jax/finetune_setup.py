@@ -23,21 +23,28 @@ import yaml
 
 from glm_jax import cloze, model_dir, train_state
 from glm_jax import config as config_lib
-from glm_jax.data import superglue
+from glm_jax.data import seq2seq_tasks, superglue
 from glm_jax.data.superglue.finetune_data import SuperGLUEData
 from glm_jax.data.tokenizers import TokenizerConfig
-from glm_jax.finetune import RUN_CONFIG, FinetuneRunConfig, check_same_architecture
+from glm_jax.finetune import RUN_CONFIG, FinetuneRunConfig, Objective, check_same_architecture
 from glm_jax.model import ModelConfig
+from glm_jax.seq2seq_finetune import Seq2SeqObjective
 
 # The tasks a run registers get this prefix (glm_finetune_rte, glm_finetune_rte_pattern4).
 TASK_PREFIX = "glm_finetune"
 
 
+def is_seq2seq(task: str) -> bool:
+    """Whether ``task`` is a conditional-generation task (glm_jax/data/seq2seq_tasks.py)."""
+    return task.lower() in seq2seq_tasks.TASKS
+
+
 def check_task(task: str) -> None:
-    """ValueError naming the SuperGLUE tasks when ``task`` (any case) is not one."""
-    if task.lower() not in {t.lower() for t in superglue.TASKS}:
+    """ValueError naming the known tasks when ``task`` (any case) is none of them."""
+    if task.lower() not in {t.lower() for t in superglue.TASKS} and not is_seq2seq(task):
         known = ", ".join(t.lower() for t in superglue.TASKS)
-        raise ValueError(f"--task {task}: not a SuperGLUE task; expected one of {known}")
+        raise ValueError(f"--task {task}: not a fine-tuning task; expected a SuperGLUE task ({known}) or a seq2seq "
+                         f"task ({', '.join(seq2seq_tasks.TASKS)})")
 
 
 def load_run_config(
@@ -105,6 +112,15 @@ def register_task(config: FinetuneRunConfig, vocabulary: Any) -> str:
     ``vocabulary`` under :data:`TASK_PREFIX`, replacing an earlier registration; returns
     the seqio task name."""
     ft = config.finetune
+    if is_seq2seq(ft.task):
+        s2s = config.seq2seq
+        if s2s.src_length > config.model.max_position_embeddings or s2s.tgt_length >= config.model.max_position_embeddings:
+            raise ValueError(
+                f"seq2seq.src_length={s2s.src_length} / seq2seq.tgt_length={s2s.tgt_length} need positions beyond "
+                f"the model's max_position_embeddings={config.model.max_position_embeddings}")
+        return seq2seq_tasks.register_seq2seq_task(
+            ft.task, vocabulary=vocabulary, src_length=s2s.src_length, tgt_length=s2s.tgt_length,
+            data_dir=ft.data_dir, prefix=TASK_PREFIX, overwrite=True)
     superglue.register_superglue_tasks(
         vocabulary=vocabulary, data_dir=ft.data_dir, prefix=TASK_PREFIX, tasks=[ft.task],
         pattern_ids=[] if ft.pattern_id is None else [ft.pattern_id], max_seq_length=ft.max_seq_length,
@@ -113,6 +129,20 @@ def register_task(config: FinetuneRunConfig, vocabulary: Any) -> str:
     name = superglue.task_name(ft.task, ft.pattern_id, TASK_PREFIX)
     check_task_fits(superglue.task_info(name), config.model)
     return name
+
+
+def task_data(config: FinetuneRunConfig, task_name: str, mesh: Any) -> Any:
+    """The fine-tuning loop's data for the registered task ``task_name``."""
+    if is_seq2seq(config.finetune.task):
+        return seq2seq_tasks.Seq2SeqData(task_name, config.finetune, mesh)
+    return SuperGLUEData(task_name, config.finetune, mesh)
+
+
+def objective_for(config: FinetuneRunConfig, vocabulary: Any, print_fn=print) -> Objective:
+    """The loss and scoring of ``config.finetune.task``'s family (glm_jax/finetune.py)."""
+    if is_seq2seq(config.finetune.task):
+        return Seq2SeqObjective(vocabulary.command_tokens, print_fn)
+    return cloze.ClozeObjective()
 
 
 def check_task_fits(info: superglue.ClozeTaskInfo, model: ModelConfig) -> None:
@@ -142,7 +172,8 @@ def absolute_tokenizer(checkpoint: str) -> Optional[TokenizerConfig]:
 
 
 def evaluate_checkpoint(
-    config: FinetuneRunConfig, checkpoint: str, task_name: str, split: str, output_dir: str, mesh: Any
+    config: FinetuneRunConfig, checkpoint: str, task_name: str, split: str, output_dir: str, mesh: Any,
+    print_fn=print,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Score the model directory ``checkpoint`` on ``split`` of the registered task
     ``task_name``, as fine-tuning evaluates an epoch (``config.finetune``'s loss and
@@ -155,6 +186,11 @@ def evaluate_checkpoint(
     ft = config.finetune
     _, param_shardings = train_state.params_layout(config.model, mesh)
     _, params = model_dir.load_model_dir(checkpoint, shardings=param_shardings)
+    if is_seq2seq(ft.task):
+        data = seq2seq_tasks.Seq2SeqData(task_name, ft, mesh)
+        objective = Seq2SeqObjective(model_dir.load_vocabulary(checkpoint).command_tokens, print_fn).bind(config, mesh)
+        scores, _ = objective.evaluate(params, data, output_dir, split=split)
+        return scores, {"predicted": float(data.num_examples(split))}
     eval_step = cloze.eval_step_for(config.model, mesh, ft.loss, ft.length_penalty)
     sums: dict[str, float] = {}
 

@@ -122,4 +122,6 @@ def test_bad_inputs_are_one_line_errors(setup, capsys):
     assert "finetune.max_seq_length=100000 (RTE's rows) exceeds the model's max_position_embeddings" in (
         capsys.readouterr().err)
     assert cli.main(["eval", "--task", "nope", "--checkpoint", str(setup / "model")]) == 2
-    assert "--task nope: not a SuperGLUE task; expected one of boolq, cb" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--task nope: not a fine-tuning task; expected a SuperGLUE task (boolq, cb" in err
+    assert "or a seq2seq task (cnn_dm, cnn_dm_org, xsum, gigaword, squad_qg)" in err

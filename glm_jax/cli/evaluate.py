@@ -103,7 +103,7 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> in
     mesh = sharding.mesh_from_config(config.mesh if explicit_mesh else sharding.MeshConfig())
     output_dir = Path(args.output_dir or f"{str(args.checkpoint).rstrip('/')}_eval")
     scores, sums = finetune_setup.evaluate_checkpoint(config, args.checkpoint, task_name, args.split,
-                                                      str(output_dir), mesh)
+                                                      str(output_dir), mesh, print_fn)
     print_fn(metric_table(ft.task, args.split, scores, sums))
     print_fn(f"predictions: {output_dir / f'{task_name}_{args.split}_predictions.jsonl'}")
     return 0

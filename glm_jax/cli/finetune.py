@@ -1,6 +1,8 @@
-"""``glm-jax finetune``: fine-tune a model directory on a SuperGLUE task as cloze.
+"""``glm-jax finetune``: fine-tune a model directory on a SuperGLUE task as cloze,
+or on a conditional-generation task (spec 4.4).
 
     glm-jax finetune --task rte --checkpoint runs/embedded_default/model [--data-dir D] [key=value ...]
+    glm-jax finetune --task xsum --checkpoint DIR --data-dir xsum/   # train.source, train.target, val.*
 
 The run config is ``configs/finetune/<task>.yaml`` (or ``--config``) over the model
 directory's config (glm_jax/finetune_setup.py); the task is registered in seqio
@@ -18,7 +20,6 @@ from typing import Callable
 from glm_jax import finetune, finetune_setup, model_dir, run_dir, sharding
 from glm_jax.checkpointing import preempted_exit_code
 from glm_jax.cli import superglue_options
-from glm_jax.data.superglue.finetune_data import SuperGLUEData
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -40,10 +41,12 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> in
     run_dir.check_writable(config.finetune.output_dir, "finetune.output_dir")
     model_dir.remove_stale_exports(output_dir / finetune.BEST_DIR)  # a killed export's leftovers
     print_fn(f"# resolved config ({source} over {args.checkpoint})\n{config}")
-    task_name = finetune_setup.register_task(config, model_dir.load_vocabulary(args.checkpoint))
-    data = SuperGLUEData(task_name, config.finetune, sharding.mesh_from_config(config.mesh))
+    vocabulary = model_dir.load_vocabulary(args.checkpoint)
+    task_name = finetune_setup.register_task(config, vocabulary)
+    data = finetune_setup.task_data(config, task_name, sharding.mesh_from_config(config.mesh))
     result = finetune.run(
         config, data, lambda shardings: model_dir.load_model_dir(args.checkpoint, shardings=shardings)[1],
+        objective=finetune_setup.objective_for(config, vocabulary, print_fn),
         tokenizer=finetune_setup.absolute_tokenizer(args.checkpoint), print_fn=print_fn,
     )
     if result.stopped_early:

@@ -1,0 +1,238 @@
+"""seqio DataSources of conditional-generation examples: official folders or TFDS.
+
+Each task of spec 4.4 reads its examples from one of two places, with the same
+:class:`Seq2SeqExample` coming out:
+
+* a folder in the official layout: ``{train,val,test}.source`` / ``.target`` line
+  files for the summarisation tasks (glm_jax/data/seq2seq_files.py, with the
+  per-dataset detokenisers), and SQuAD v1.1 JSON (``train.json``, ``dev.json``,
+  ``test.json``) for question generation, read as upstream's
+  ``SQuADGenerationProcessor`` does: one example per distinct answer text of each
+  question (sorted here; upstream iterates a Python set, whose order varies
+  between runs), the test split with the answer ``FAKE_ANSWER`` (as upstream);
+* TFDS (prepared already; nothing is downloaded): ``cnn_dailymail`` (article ->
+  highlights), ``xsum`` (document -> summary), ``gigaword`` (document ->
+  summary), ``squad`` (context, question, answers). The TFDS CNN/DailyMail
+  highlights hold one sentence per line: for ``cnn_dm`` the lines are joined with
+  `` [SEP] `` (the sentence boundary that the official ``<S_SEP>`` files give and
+  ROUGE splits on), for ``cnn_dm_org`` with a space.
+
+:class:`Seq2SeqSource` holds a task's examples per split in memory (read on first
+use), and yields them with their index in the split (the ``example_id`` of the
+batches) in file order or a seeded permutation, sharded as every source of this
+package is (``ShardInfo(i, n)`` keeps positions ``i, i + n, ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from glm_jax.data import seq2seq_files
+from glm_jax.data.sources import ShardableSource, check_shard_info
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+SQUAD_FILES = {"train": "train.json", "validation": "dev.json", "test": "test.json"}
+TEST_ANSWER = "FAKE_ANSWER"  # upstream's answer for the unlabelled test split
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqExample:
+    """One conditional-generation example.
+
+    Attributes:
+      guid: ``{split}-{index}``.
+      source: the article (summarisation) or the passage (question generation).
+      target: the summary or the question.
+      answer: question generation only: the answer the question asks for.
+    """
+
+    guid: str
+    source: str
+    target: str
+    answer: str = ""
+
+
+Loader = Callable[[str], list[Seq2SeqExample]]
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {SPLITS}")
+
+
+class FolderLoader:
+    """A task's splits from a folder in the official layout (module docstring).
+
+    Args:
+      data_dir: the folder.
+      dataset: the detokeniser of seq2seq_files (``cnn_dm``, ``gigaword``, ...), or
+        ``squad`` for the SQuAD JSON files.
+    """
+
+    def __init__(self, data_dir: Union[str, Path], dataset: str):
+        self.data_dir, self.dataset = Path(data_dir), dataset
+
+    def __call__(self, split: str) -> list[Seq2SeqExample]:
+        _check_split(split)
+        if self.dataset == "squad":
+            return read_squad(self.data_dir / SQUAD_FILES[split], split)
+        pairs = seq2seq_files.read_split(self.data_dir, split, self.dataset)
+        return [Seq2SeqExample(f"{split}-{i}", source, target) for i, (source, target) in enumerate(pairs)]
+
+    def __str__(self) -> str:
+        return str(self.data_dir)
+
+
+def read_squad(path: Path, split: str) -> list[Seq2SeqExample]:
+    """Question-generation examples of a SQuAD v1.1 JSON file (module docstring).
+
+    Raises:
+      FileNotFoundError: a missing file; ValueError: not JSON, or a record without
+        the SQuAD fields (the file and the record's place named).
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        articles = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not SQuAD JSON with a 'data' list ({type(e).__name__}: {e})") from None
+    out: list[Seq2SeqExample] = []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                where = f"{path}: data[{a}].paragraphs[{p}].qas[{q}]"
+                try:
+                    context, question = paragraph["context"], qa["question"]
+                    answers = sorted({ans["text"] for ans in qa["answers"]}) if split != "test" else [TEST_ANSWER]
+                except (KeyError, TypeError) as e:
+                    raise ValueError(f"{where}: missing field {e}") from None
+                if not answers:
+                    raise ValueError(f"{where}: no answers")
+                out.extend(Seq2SeqExample(f"{split}-{len(out) + i}", context, question, answer)
+                           for i, answer in enumerate(answers))
+    return out
+
+
+#: TFDS dataset and fields of each task: (name, source field, target field).
+TFDS_FIELDS: Mapping[str, tuple[str, str, str]] = {
+    "cnn_dm": ("cnn_dailymail", "article", "highlights"),
+    "cnn_dm_org": ("cnn_dailymail", "article", "highlights"),
+    "xsum": ("xsum", "document", "summary"),
+    "gigaword": ("gigaword", "document", "summary"),
+    "squad_qg": ("squad", "context", "question"),
+}
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def examples_from_tfds_rows(task: str, split: str, rows: Iterable[Mapping[str, Any]]) -> list[Seq2SeqExample]:
+    """``task``'s examples from TFDS rows (numpy values, as ``tfds.as_numpy`` gives
+    them): the field mapping of :data:`TFDS_FIELDS`, the highlights' sentence
+    joins, and one SQuAD example per distinct answer."""
+    _, source_key, target_key = TFDS_FIELDS[task]
+    out: list[Seq2SeqExample] = []
+    for row in rows:
+        source, target = _text(row[source_key]), _text(row[target_key])
+        if task in ("cnn_dm", "cnn_dm_org"):
+            sentences = [s.strip() for s in target.split("\n") if s.strip()]
+            target = (" [SEP] " if task == "cnn_dm" else " ").join(sentences)
+        if task == "squad_qg":
+            answers = sorted({_text(t) for t in row["answers"]["text"]}) if split != "test" else [TEST_ANSWER]
+            out.extend(Seq2SeqExample(f"{split}-{len(out) + i}", source, target, answer)
+                       for i, answer in enumerate(answers))
+        else:
+            out.append(Seq2SeqExample(f"{split}-{len(out)}", source, target))
+    return out
+
+
+class TfdsLoader:
+    """A task's splits from TFDS (:data:`TFDS_FIELDS`), prepared in ``tfds_data_dir``."""
+
+    def __init__(self, task: str, tfds_data_dir: Optional[str] = None):
+        self.task = task
+        self.tfds_name = TFDS_FIELDS[task][0]
+        self.tfds_data_dir = tfds_data_dir
+
+    def __call__(self, split: str) -> list[Seq2SeqExample]:
+        _check_split(split)
+        # Imported here: TFDS is slow to import and only this loader needs it.
+        import tensorflow_datasets as tfds
+
+        builder = tfds.builder(self.tfds_name, data_dir=self.tfds_data_dir)
+        try:
+            ds = builder.as_dataset(split=split, shuffle_files=False)
+        except (AssertionError, ValueError, KeyError) as e:  # unprepared, or no such split
+            raise FileNotFoundError(
+                f"TFDS {self.tfds_name} has no prepared {split!r} split in {builder.data_dir!r} ({e}). Prepare it "
+                "with network access (tfds.builder(...).download_and_prepare()), pass tfds_data_dir, or use a "
+                "folder in the official layout (--data-dir)") from None
+        return examples_from_tfds_rows(self.task, split, tfds.as_numpy(ds))
+
+    def __str__(self) -> str:
+        return f"tfds:{self.tfds_name}" + (f"@{self.tfds_data_dir}" if self.tfds_data_dir else "")
+
+
+OUTPUT_SIGNATURE = {
+    "index": tf.TensorSpec([], tf.int32),
+    "guid": tf.TensorSpec([], tf.string),
+    "source": tf.TensorSpec([], tf.string),
+    "target": tf.TensorSpec([], tf.string),
+    "answer": tf.TensorSpec([], tf.string),
+}
+
+
+class Seq2SeqSource(ShardableSource):
+    """One task's examples (module docstring); features as :data:`OUTPUT_SIGNATURE`."""
+
+    def __init__(self, loader: Loader, splits: Sequence[str] = SPLITS):
+        self._loader = loader
+        self._examples: dict[str, list[Seq2SeqExample]] = {}
+        self._lock = threading.Lock()
+        # Shuffling is a seeded permutation of the whole split: no shuffle buffer.
+        super().__init__(splits=splits, performs_internal_shuffling=True)
+
+    def examples(self, split: str) -> list[Seq2SeqExample]:
+        """The split's examples in file order, read once."""
+        if split not in self.splits:
+            raise ValueError(f"{self}: unknown split {split!r}; expected one of {self.splits}")
+        with self._lock:
+            if split not in self._examples:
+                self._examples[split] = self._loader(split)
+            return self._examples[split]
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        return [f"{self._loader}:{split}"]
+
+    def num_input_examples(self, split: str) -> int:
+        return len(self.examples(split))
+
+    def _make_dataset(self, split: str, *, shuffle: bool, seed: Optional[int],
+                      shard_info: Optional[seqio.ShardInfo]) -> tf.data.Dataset:
+        examples = self.examples(split)
+        order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
+        check_shard_info(shard_info)
+        if shard_info is not None:
+            order = order[shard_info.index:: shard_info.num_shards]
+
+        def generate():
+            for i in order:
+                ex = examples[i]
+                yield {"index": np.int32(i), "guid": ex.guid, "source": ex.source, "target": ex.target,
+                       "answer": ex.answer}
+
+        return tf.data.Dataset.from_generator(generate, output_signature=OUTPUT_SIGNATURE)
+
+    def __str__(self) -> str:
+        return f"Seq2SeqSource({self._loader})"
+
+    __repr__ = __str__
