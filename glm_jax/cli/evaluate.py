@@ -1,7 +1,9 @@
-"""``glm-jax eval``: score a model directory on a SuperGLUE task as cloze, or on a
-zero-shot language-modelling task (spec 4.5).
+"""``glm-jax eval``: score a model directory on a SuperGLUE task as cloze, on a
+conditional-generation task by decoding (spec 4.4), or on a zero-shot
+language-modelling task (spec 4.5).
 
     glm-jax eval --task rte --checkpoint runs/finetune/rte/best [--split validation] [--data-dir D]
+    glm-jax eval --task xsum --checkpoint runs/finetune/xsum/best [--data-dir D]
     glm-jax eval --task lambada --checkpoint DIR --data-file lambada_test.jsonl [--unidirectional]
     glm-jax eval --task wikitext103 --checkpoint DIR --data-file wiki.test.tokens [--stride 256]
     glm-jax eval --task lm --checkpoint DIR --data-file documents.txt
@@ -9,7 +11,7 @@ zero-shot language-modelling task (spec 4.5).
 It reads the same run config as ``glm-jax finetune`` (for a fine-tuned model
 directory, the one stored in it), so it scores exactly as fine-tuning did; prints a
 metric table and writes the predictions with their example ids. The scoring is
-:func:`glm_jax.finetune_setup.evaluate_checkpoint` (SuperGLUE) and
+:func:`glm_jax.finetune_setup.evaluate_checkpoint` (SuperGLUE, seq2seq) and
 :mod:`glm_jax.zero_shot` (LAMBADA, perplexity); this module parses and prints.
 """
 

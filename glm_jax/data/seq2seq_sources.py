@@ -116,8 +116,9 @@ def read_squad(path: Path, split: str) -> list[Seq2SeqExample]:
                     raise ValueError(f"{where}: missing field {e}") from None
                 if not answers:
                     raise ValueError(f"{where}: no answers")
-                out.extend(Seq2SeqExample(f"{split}-{len(out) + i}", context, question, answer)
-                           for i, answer in enumerate(answers))
+                start = len(out)
+                out.extend([Seq2SeqExample(f"{split}-{start + i}", context, question, answer)
+                            for i, answer in enumerate(answers)])
     return out
 
 
@@ -148,8 +149,9 @@ def examples_from_tfds_rows(task: str, split: str, rows: Iterable[Mapping[str, A
             target = (" [SEP] " if task == "cnn_dm" else " ").join(sentences)
         if task == "squad_qg":
             answers = sorted({_text(t) for t in row["answers"]["text"]}) if split != "test" else [TEST_ANSWER]
-            out.extend(Seq2SeqExample(f"{split}-{len(out) + i}", source, target, answer)
-                       for i, answer in enumerate(answers))
+            start = len(out)
+            out.extend([Seq2SeqExample(f"{split}-{start + i}", source, target, answer)
+                        for i, answer in enumerate(answers)])
         else:
             out.append(Seq2SeqExample(f"{split}-{len(out)}", source, target))
     return out

@@ -145,6 +145,49 @@ def encode_preprocessor(task: str, vocabulary: Any, src_length: int, tgt_length:
     return preprocess
 
 
+class GeneratedTextVocabulary(seqio.Vocabulary):
+    """The vocabulary seqio decodes generated ids with: ``vocabulary``, after dropping
+    the ``-1`` that pad the ids to one length (seqio stacks the model's outputs into
+    one array, and no real id can pad them: id 0 is a word in the GPT-2 vocabulary)."""
+
+    def __init__(self, vocabulary: Any):
+        self.vocabulary = vocabulary
+        super().__init__()
+
+    def decode(self, ids) -> str:
+        return self.vocabulary.decode([int(i) for i in ids if int(i) >= 0])
+
+    @property
+    def eos_id(self) -> Optional[int]:
+        return None
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return None
+
+    @property
+    def _base_vocab_size(self) -> int:
+        return self.vocabulary.vocab_size
+
+    def _encode(self, s):
+        return self.vocabulary.encode(s)
+
+    def _decode(self, ids):
+        return self.decode(ids)
+
+    def _encode_tf(self, s):
+        return self.vocabulary.encode_tf(s)
+
+    def _decode_tf(self, ids):
+        raise NotImplementedError("generated ids are decoded in Python")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GeneratedTextVocabulary) and other.vocabulary == self.vocabulary
+
+    def __hash__(self) -> int:
+        return hash(("generated", self.vocabulary))
+
+
 def metric_fns(task: str, vocabulary: Any) -> list[Callable]:
     fns = {"rouge": text_metrics.seqio_metric(text_metrics.rouge, dataset=rouge_dataset(task, vocabulary)),
            "bleu": text_metrics.seqio_metric(text_metrics.bleu)}
@@ -177,7 +220,7 @@ def register_seq2seq_task(
     seqio.TaskRegistry.add(
         name, source=source, preprocessors=[encode_preprocessor(task, vocabulary, src_length, tgt_length)],
         output_features={"tokens": seqio.Feature(vocabulary, add_eos=False),
-                         "targets": seqio.Feature(vocabulary, add_eos=False)},
+                         "targets": seqio.Feature(GeneratedTextVocabulary(vocabulary), add_eos=False)},
         metric_fns=metric_fns(task, vocabulary), shuffle_buffer_size=None,
     )
     _INFO[name] = Seq2SeqTaskInfo(name, task, src_length, tgt_length, vocabulary, source)
@@ -306,7 +349,9 @@ def evaluate(task_name: str, split: str, generate_fn: GenerateFn, *, output_dir:
         if missing:
             raise ValueError(f"{task_name} {split}: no text generated for {len(missing)} example ids "
                              f"(first: {missing[:5]})")
-        return [(pos, list(generated[eid])) for eid, pos in positions.items()]
+        # One length for all (seqio stacks them), padded with -1 (GeneratedTextVocabulary).
+        width = max([len(ids) for ids in generated.values()] + [1])
+        return [(pos, list(generated[eid]) + [-1] * (width - len(generated[eid]))) for eid, pos in positions.items()]
 
     metrics_future, outputs = evaluator.evaluate(compute_metrics=True, predict_fn=seqio_predict_fn)
     scores = metrics_future.result()[task_name]
@@ -319,7 +364,7 @@ def evaluate(task_name: str, split: str, generate_fn: GenerateFn, *, output_dir:
         with open(path, "w", encoding="utf-8") as f:
             for ex, tokens in zip(examples, generated, strict=True):
                 f.write(json.dumps({"example_id": int(ex["index"]), "guid": ex["guid"].decode("utf-8"),
-                                    "prediction": vocabulary.decode([int(t) for t in tokens]), "reference": ex["targets_pretokenized"].decode("utf-8")},
+                                    "prediction": vocabulary.decode([int(t) for t in tokens if t >= 0]), "reference": ex["targets_pretokenized"].decode("utf-8")},
                                    ensure_ascii=False) + "\n")
     return {name: float(value) for name, value in scores.items()}
 

@@ -1,0 +1,82 @@
+"""Where seq2seq examples come from (glm_jax/data/seq2seq_sources.py): the official
+folders, SQuAD JSON for question generation, TFDS rows, and the seqio source's
+order and shards."""
+
+import json
+
+import numpy as np
+import pytest
+import seqio
+
+from glm_jax.data import seq2seq_sources as sources
+
+
+def squad_file(path, split="dev"):
+    data = {"data": [{"title": "t", "paragraphs": [
+        {"context": "Paris is the capital of France.", "qas": [
+            {"id": "1", "question": "What is the capital of France?",
+             "answers": [{"text": "Paris", "answer_start": 0}, {"text": "Paris", "answer_start": 0},
+                         {"text": "Paris is", "answer_start": 0}]},
+            {"id": "2", "question": "Which country?", "answers": [{"text": "France", "answer_start": 24}]}]}]}]}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_squad_json_gives_one_example_per_distinct_answer(tmp_path):
+    examples = sources.read_squad(squad_file(tmp_path / "dev.json"), "validation")
+    assert [(e.guid, e.answer, e.target) for e in examples] == [
+        ("validation-0", "Paris", "What is the capital of France?"),
+        ("validation-1", "Paris is", "What is the capital of France?"),
+        ("validation-2", "France", "Which country?"),
+    ]
+    assert examples[0].source == "Paris is the capital of France."
+    # The test split has no answers upstream: FAKE_ANSWER, as there.
+    assert {e.answer for e in sources.read_squad(tmp_path / "dev.json", "test")} == {"FAKE_ANSWER"}
+    loader = sources.FolderLoader(tmp_path, "squad")
+    assert len(loader("validation")) == 3
+
+
+def test_squad_errors_name_the_file_and_record(tmp_path):
+    bad = tmp_path / "dev.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=rf"^{bad}: not SQuAD JSON"):
+        sources.read_squad(bad, "validation")
+    bad.write_text(json.dumps({"data": [{"paragraphs": [{"context": "c", "qas": [{"answers": []}]}]}]}))
+    with pytest.raises(ValueError, match=r"data\[0\]\.paragraphs\[0\]\.qas\[0\]: missing field 'question'"):
+        sources.read_squad(bad, "validation")
+    with pytest.raises(FileNotFoundError, match="train.json does not exist"):
+        sources.FolderLoader(tmp_path, "squad")("train")
+
+
+def test_tfds_rows_map_to_the_same_examples():
+    rows = [{"article": b"A story.", "highlights": b"First point .\nSecond point ."}]
+    [cnn] = sources.examples_from_tfds_rows("cnn_dm", "train", rows)
+    assert (cnn.source, cnn.target) == ("A story.", "First point . [SEP] Second point .")  # ROUGE's sentences
+    [org] = sources.examples_from_tfds_rows("cnn_dm_org", "train", rows)
+    assert org.target == "First point . Second point ."
+    [x] = sources.examples_from_tfds_rows("xsum", "test", [{"document": b"doc", "summary": b"sum"}])
+    assert (x.guid, x.source, x.target) == ("test-0", "doc", "sum")
+    squad = [{"context": b"ctx", "question": b"q?", "answers": {"text": [b"b", b"a", b"b"]}}]
+    assert [e.answer for e in sources.examples_from_tfds_rows("squad_qg", "validation", squad)] == ["a", "b"]
+
+
+def test_unprepared_tfds_is_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="TFDS xsum has no prepared 'train' split"):
+        sources.TfdsLoader("xsum", str(tmp_path))("train")
+
+
+def test_source_order_shuffle_and_shards(tmp_path):
+    (tmp_path / "train.source").write_text("".join(f"s{i}\n" for i in range(10)))
+    (tmp_path / "train.target").write_text("".join(f"t{i}\n" for i in range(10)))
+    source = sources.Seq2SeqSource(sources.FolderLoader(tmp_path, "xsum"))
+
+    def indices(**kw):
+        return [int(ex["index"]) for ex in source.get_dataset("train", **kw).as_numpy_iterator()]
+
+    assert indices(shuffle=False) == list(range(10))
+    first = indices(shuffle=True, seed=3)
+    assert sorted(first) == list(range(10)) and first != list(range(10)) and first == indices(shuffle=True, seed=3)
+    parts = [indices(shuffle=True, seed=3, shard_info=seqio.ShardInfo(i, 3)) for i in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(10)) and parts[0] == first[0::3]
+    ex = next(source.get_dataset("train", shuffle=False).as_numpy_iterator())
+    assert (ex["source"], ex["target"], ex["guid"]) == (b"s0", b"t0", b"train-0")
