@@ -18,7 +18,7 @@ a validation split is scored. Two families of tasks have one:
   model, data from ``glm_jax.data.superglue.finetune_data.SuperGLUEData``;
 * conditional generation (``glm_jax.seq2seq_finetune.Seq2SeqObjective``, spec
   4.4): label-smoothed token loss, texts decoded by beam search and scored with
-  ROUGE/BLEU, data from ``glm_jax.data.seq2seq_tasks.Seq2SeqData``.
+  ROUGE/BLEU, data from ``glm_jax.data.seq2seq_evaluation.Seq2SeqData``.
 
 A run
 restarted with the same output directory resumes from its latest checkpoint: the

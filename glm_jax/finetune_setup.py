@@ -23,7 +23,7 @@ import yaml
 
 from glm_jax import cloze, model_dir, train_state
 from glm_jax import config as config_lib
-from glm_jax.data import seq2seq_tasks, superglue
+from glm_jax.data import seq2seq_evaluation, seq2seq_tasks, superglue
 from glm_jax.data.superglue.finetune_data import SuperGLUEData
 from glm_jax.data.tokenizers import TokenizerConfig
 from glm_jax.finetune import RUN_CONFIG, FinetuneRunConfig, Objective, check_same_architecture
@@ -120,7 +120,7 @@ def register_task(config: FinetuneRunConfig, vocabulary: Any) -> str:
                 f"the model's max_position_embeddings={config.model.max_position_embeddings}")
         return seq2seq_tasks.register_seq2seq_task(
             ft.task, vocabulary=vocabulary, src_length=s2s.src_length, tgt_length=s2s.tgt_length,
-            data_dir=ft.data_dir, prefix=TASK_PREFIX, overwrite=True)
+            data_dir=ft.data_dir, prefix=TASK_PREFIX, overwrite=True, mask_ratio=s2s.mask_ratio)
     superglue.register_superglue_tasks(
         vocabulary=vocabulary, data_dir=ft.data_dir, prefix=TASK_PREFIX, tasks=[ft.task],
         pattern_ids=[] if ft.pattern_id is None else [ft.pattern_id], max_seq_length=ft.max_seq_length,
@@ -134,7 +134,7 @@ def register_task(config: FinetuneRunConfig, vocabulary: Any) -> str:
 def task_data(config: FinetuneRunConfig, task_name: str, mesh: Any) -> Any:
     """The fine-tuning loop's data for the registered task ``task_name``."""
     if is_seq2seq(config.finetune.task):
-        return seq2seq_tasks.Seq2SeqData(task_name, config.finetune, mesh)
+        return seq2seq_evaluation.Seq2SeqData(task_name, config.finetune, mesh)
     return SuperGLUEData(task_name, config.finetune, mesh)
 
 
@@ -187,7 +187,7 @@ def evaluate_checkpoint(
     _, param_shardings = train_state.params_layout(config.model, mesh)
     _, params = model_dir.load_model_dir(checkpoint, shardings=param_shardings)
     if is_seq2seq(ft.task):
-        data = seq2seq_tasks.Seq2SeqData(task_name, ft, mesh)
+        data = seq2seq_evaluation.Seq2SeqData(task_name, ft, mesh)
         objective = Seq2SeqObjective(model_dir.load_vocabulary(checkpoint).command_tokens, print_fn).bind(config, mesh)
         scores, _ = objective.evaluate(params, data, output_dir, split=split)
         return scores, {"predicted": float(data.num_examples(split))}

@@ -14,7 +14,9 @@ for every batch of a split): each batch is sharded over the mesh's data axes,
 every process feeds its own rows, and the generated ids are gathered once per
 batch. Part A keeps its padding, which the model attends to, as upstream
 (``sep = src_length``); the blank is filled from its position, with block
-positions from 1.
+positions from 1. Yahoo infilling (``fill_blanks``) decodes greedily through every
+``[MASK]`` of Part A left to right, each ``[eop]`` moving to the next blank (upstream's
+``BlankLMEvaluater``), and returns the text with its blanks filled.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ import numpy as np
 
 from glm_jax import multihost, sharding, train
 from glm_jax.command_tokens import CommandTokens
-from glm_jax.decoding import search
+from glm_jax.data.seq2seq_tasks import TASKS
+from glm_jax.decoding import prompt_layout, search
+from glm_jax.decoding.infill import split_spans
 from glm_jax.decoding.settings import DecodeSettings
 from glm_jax.model import ModelConfig
 from glm_jax.optim import make_optimizer
@@ -56,6 +60,8 @@ class Seq2SeqConfig:
       select_topk: take the 2K best candidates per step (upstream ``--select-topk``,
         as the task scripts set it); False samples them, upstream's default.
       seed: seeds the candidate sampling when ``select_topk`` is False.
+      mask_ratio: yahoo_blank only: the fraction of words masked in training and
+        validation rows, and the test file read (``test.maskratio{r}.blank``).
     """
 
     src_length: int = 512
@@ -67,6 +73,7 @@ class Seq2SeqConfig:
     no_repeat_ngram_size: int = 0
     select_topk: bool = True
     seed: int = 0
+    mask_ratio: float = 0.1
 
     def __post_init__(self):
         require_positive("seq2seq", self, "num_beams")
@@ -75,6 +82,8 @@ class Seq2SeqConfig:
         require_at_least("seq2seq", self, 0, "min_tgt_length", "no_repeat_ngram_size", "length_penalty")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"seq2seq.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"seq2seq.mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.min_tgt_length >= self.tgt_length:
             raise ValueError(f"seq2seq.min_tgt_length={self.min_tgt_length} must be below "
                              f"seq2seq.tgt_length={self.tgt_length}")
@@ -107,6 +116,7 @@ def generate(
     src_length: int,
     mesh: Any,
     seed: int = 0,
+    fill_blanks: bool = False,
     total: Optional[int] = None,
     print_fn: Callable[[str], None] = print,
 ) -> dict[int, list[int]]:
@@ -115,6 +125,9 @@ def generate(
     ``[eop]`` and padding (upstream drops both before decoding to text).
 
     Args:
+      fill_blanks: fill every ``[MASK]`` of Part A in turn and return Part A with
+        its blanks filled (padding dropped) instead of the generated ids; a row
+        without a blank comes back as it is.
       total: the split's example count, for the progress lines (every ~10%:
         examples done, examples/s, ETA); None: no progress lines.
     """
@@ -127,11 +140,16 @@ def generate(
     for index, batch in enumerate(batches):
         size = -(-len(batch["example_id"]) // shards) * shards
         batch = _padded(batch, size)
+        part_a = batch["tokens"][:, :src_length]
+        if fill_blanks:
+            blanks, counts = _blanks(part_a, command_tokens)
+        else:
+            blanks, counts = batch["position_ids"][:, src_length:src_length + 1], np.ones([size], np.int32)
         context = {
-            "tokens": batch["tokens"][:, :src_length],
+            "tokens": part_a,
             "lengths": np.full([size], src_length, np.int32),
-            "blank_positions": batch["position_ids"][:, src_length:src_length + 1],
-            "num_blanks": np.ones([size], np.int32),
+            "blank_positions": blanks,
+            "num_blanks": np.maximum(counts, 1).astype(np.int32),
         }
         rows = multihost.process_batch_indices(mesh, size)
         arrays = multihost.global_batch_from_local({k: v[rows] for k, v in context.items()}, mesh, size)
@@ -139,10 +157,19 @@ def generate(
             result = loop(params, arrays["tokens"], arrays["lengths"], arrays["blank_positions"],
                           arrays["num_blanks"], jax.random.fold_in(rng, index), config=model_config,
                           settings=settings, command_tokens=command_tokens)
-        tokens, counts = multihost.gather_to_host((result.tokens, result.num_tokens))
-        for example_id, row, count in zip(batch["example_id"], tokens, counts):
-            if example_id >= 0:
-                out[int(example_id)] = [int(t) for t in row[:count] if int(t) not in drop]
+        tokens, lengths = multihost.gather_to_host((result.tokens, result.num_tokens))
+        for i, (example_id, row, length) in enumerate(zip(batch["example_id"], tokens, lengths)):
+            if example_id < 0:
+                continue
+            generated = [int(t) for t in row[:length]]
+            if fill_blanks:
+                positions = blanks[i, :counts[i]].tolist()
+                spans = split_spans(generated, settings.end_ids(command_tokens), len(positions))
+                filled = prompt_layout.fill_blanks(part_a[i].tolist(), positions, spans if positions else [],
+                                                   command_tokens)
+                out[int(example_id)] = [t for t in filled if t != command_tokens.pad]
+            else:
+                out[int(example_id)] = [t for t in generated if t not in drop]
         if total and len(out) >= next_report * total:
             elapsed = time.perf_counter() - start
             rate = len(out) / max(elapsed, 1e-9)
@@ -150,6 +177,19 @@ def generate(
                      f"ETA {max(total - len(out), 0) / max(rate, 1e-9):.0f} s")
             next_report = math.floor(10 * len(out) / total + 1) / 10
     return out
+
+
+def _blanks(part_a: np.ndarray, command_tokens: CommandTokens) -> tuple[np.ndarray, np.ndarray]:
+    """``([rows, S] positions of each row's blanks, [rows] their counts)``; S is the
+    most blanks of a row rounded up to a multiple of 4 (fewer compiled shapes)."""
+    is_blank = np.isin(part_a, command_tokens.mask_ids())
+    counts = is_blank.sum(axis=1).astype(np.int32)
+    width = max(4, -(-int(counts.max(initial=0)) // 4) * 4)
+    positions = np.zeros([len(part_a), width], np.int32)
+    for i, row in enumerate(is_blank):
+        found = np.flatnonzero(row)
+        positions[i, :len(found)] = found
+    return positions, counts
 
 
 @functools.lru_cache(maxsize=4)
@@ -204,9 +244,12 @@ class Seq2SeqObjective:
         s2s = self._config.seq2seq
         split = split or self._config.finetune.eval_split
 
+        fill = TASKS[self._config.finetune.task].kind == "blank"
+
         def generate_fn(batches):
             return generate(params, batches, model_config=self._config.model, settings=s2s.decode_settings(),
                             command_tokens=self.command_tokens, src_length=s2s.src_length, mesh=self._mesh,
-                            seed=s2s.seed, total=data.num_examples(split), print_fn=self.print_fn)
+                            seed=s2s.seed, fill_blanks=fill, total=data.num_examples(split),
+                            print_fn=self.print_fn)
 
         return data.evaluate(generate_fn, output_dir, split=split), {}

@@ -124,4 +124,4 @@ def test_bad_inputs_are_one_line_errors(setup, capsys):
     assert cli.main(["eval", "--task", "nope", "--checkpoint", str(setup / "model")]) == 2
     err = capsys.readouterr().err
     assert "--task nope: not a fine-tuning task; expected a SuperGLUE task (boolq, cb" in err
-    assert "or a seq2seq task (cnn_dm, cnn_dm_org, xsum, gigaword, squad_qg)" in err
+    assert "or a seq2seq task (cnn_dm, cnn_dm_org, xsum, gigaword, squad_qg, yahoo_blank)" in err

@@ -95,3 +95,68 @@ def test_finetune_then_eval_reaches_rouge_l_above_90(setup, capsys):
     direct = text_metrics.rouge([r["reference"] for r in lines], [r["prediction"] for r in lines],
                                 dataset="cnn_dm_org")
     assert direct["rougeL"] == pytest.approx(scores["rougeL"], abs=0.01)
+
+
+NUMBERS = "one two three four five six seven eight nine ten eleven twelve".split()
+
+
+def counting_text(rng: random.Random) -> str:
+    """Eight numbers counting up from a random start, wrapping after twelve: every
+    masked word follows from its neighbours."""
+    start = rng.randrange(12)
+    return " ".join(NUMBERS[(start + k) % 12] for k in range(8))
+
+
+@pytest.fixture(scope="module")
+def yahoo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_yahoo")
+    rng = random.Random(1)
+    data = root / "data"
+    (data / "blank").mkdir(parents=True)
+    for name, n in (("train.txt", 512), ("valid.txt", 32), ("test.txt", 2)):
+        (data / name).write_text("".join(counting_text(rng) + "\n" for _ in range(n)))
+    tests = (data / "test.txt").read_text().splitlines()
+    blanks = [" ".join("<blank>" if k in (2, 5) else w for k, w in enumerate(t.split())) for t in tests]
+    (data / "blank" / "test.maskratio0.3.blank").write_text("".join(b + "\n" for b in blanks))
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(NUMBERS)] * 20), model_prefix=str(root / "spm"), vocab_size=30,
+        hard_vocab_limit=False, model_type="word", num_threads=1, minloglevel=2,
+    )
+    config = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=32)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    params = jax.jit(lambda: GLM(config).init(jax.random.key(1), ids, ids, ids, sep=jnp.ones(1, jnp.int32)))()
+    save_model_dir(root / "model", config, nn.unbox(params["params"]), vocab_file=root / "spm.model")
+    return root
+
+
+def yahoo_scores(text: str) -> dict[str, float]:
+    rows = [line.split() for line in text.splitlines() if line.startswith("yahoo_blank ")]
+    return {row[2]: float(row[3]) for row in rows}
+
+
+def test_blank_infilling_beats_its_own_bleu_before_finetuning(yahoo, capsys):
+    common = ["--task", "yahoo_blank", "--data-dir", str(yahoo / "data")]
+    assert cli.main(["eval", *common, "--config", "finetune/tiny_yahoo_blank", "--checkpoint", str(yahoo / "model"),
+                     "--output-dir", str(yahoo / "before")]) == 0
+    before = yahoo_scores(capsys.readouterr().out)["bleu"]
+    assert cli.main(["finetune", *common, "--config", "finetune/tiny_yahoo_blank", "--checkpoint",
+                     str(yahoo / "model"), "--output-dir", str(yahoo / "run")]) == 0
+    capsys.readouterr()
+    best = json.loads((yahoo / "run" / "best.json").read_text())
+    assert best["metric"] == "bleu" and best["score"] > before + 20, (before, best)
+    # The validation texts keep their unmasked words: only the blanks were filled.
+    lines = [json.loads(x) for x in (yahoo / "run" / "eval" / f"epoch_{best['epoch']}" /
+                                     "glm_finetune_yahoo_blank_validation_predictions.jsonl").read_text().splitlines()]
+    assert all(len(r["prediction"].split()) >= 6 for r in lines)
+    # The test split reads upstream's masked file and fills its two blanks per text.
+    assert cli.main(["eval", "--task", "yahoo_blank", "--checkpoint", str(yahoo / "run" / "best"), "--split", "test",
+                     "--output-dir", str(yahoo / "test")]) == 0
+    out = capsys.readouterr().out
+    tests = [json.loads(x) for x in (yahoo / "test" / "glm_finetune_yahoo_blank_test_predictions.jsonl")
+             .read_text().splitlines()]
+    reference = (yahoo / "data" / "test.txt").read_text().splitlines()
+    assert [r["reference"] for r in tests] == reference
+    for r, ref in zip(tests, reference):
+        words, want = r["prediction"].split(), ref.split()
+        assert [w for k, w in enumerate(words) if k not in (2, 5)] == [w for k, w in enumerate(want) if k not in (2, 5)]
+    assert "yahoo_blank  test" in out

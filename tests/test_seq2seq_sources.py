@@ -80,3 +80,23 @@ def test_source_order_shuffle_and_shards(tmp_path):
     assert sorted(np.concatenate(parts).tolist()) == list(range(10)) and parts[0] == first[0::3]
     ex = next(source.get_dataset("train", shuffle=False).as_numpy_iterator())
     assert (ex["source"], ex["target"], ex["guid"]) == (b"s0", b"t0", b"train-0")
+
+
+def test_yahoo_folder_pairs_texts_with_their_masked_test_lines(tmp_path):
+    (tmp_path / "blank").mkdir()
+    (tmp_path / "valid.txt").write_text("a _UNK b\nc d e\n")
+    (tmp_path / "test.txt").write_text("x y z\nu v w\n")
+    (tmp_path / "blank" / "test.maskratio0.3.blank").write_text("x <blank> z\n<blank> v w\n")
+    loader = sources.FolderLoader(tmp_path, "blank", 0.3)
+    assert [(e.source, e.target) for e in loader("validation")] == [("a [UNK] b", "a [UNK] b"), ("c d e", "c d e")]
+    assert [(e.source, e.target) for e in loader("test")] == [("x [MASK] z", "x y z"), ("[MASK] v w", "u v w")]
+    with pytest.raises(FileNotFoundError, match=r"blank/test.maskratio0.5.blank does not exist"):
+        sources.FolderLoader(tmp_path, "blank", 0.5)("test")
+    (tmp_path / "blank" / "test.maskratio0.3.blank").write_text("x <blank> z\nno blank here\n")
+    with pytest.raises(ValueError, match=r"test.maskratio0.3.blank:2: no <blank> to fill"):
+        loader("test")
+    (tmp_path / "blank" / "test.maskratio0.3.blank").write_text("x <blank> z\n")
+    with pytest.raises(ValueError, match=r"test.maskratio0.3.blank has 1 lines but .*test.txt has 2"):
+        loader("test")
+    with pytest.raises(ValueError, match="yahoo_blank has no TFDS dataset"):
+        sources.TfdsLoader("yahoo_blank")

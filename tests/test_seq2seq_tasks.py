@@ -9,7 +9,7 @@ import pytest
 import seqio
 
 from glm_jax import text_metrics
-from glm_jax.data import seq2seq, seq2seq_tasks
+from glm_jax.data import seq2seq, seq2seq_evaluation, seq2seq_tasks
 from glm_jax.data.embedded_vocab import EmbeddedVocabulary
 
 SOURCES = ["the cat sat on the mat all day long", "a dog ran", "birds sing in the old tree at dawn"]
@@ -76,7 +76,7 @@ def test_evaluation_scores_the_generated_texts_with_rouge(task, tmp_path):
                     out[int(eid)] = vocab.encode(wanted[int(eid)])
         return out
 
-    scores = seq2seq_tasks.evaluate(name, "validation", generate, output_dir=str(tmp_path), batch_size=2)
+    scores = seq2seq_evaluation.evaluate(name, "validation", generate, output_dir=str(tmp_path), batch_size=2)
     references = [vocab.decode(vocab.encode(t)) for t in TARGETS]  # upstream's ref: the tokenizer's round trip
     predictions = [vocab.decode(vocab.encode(wanted[i])) for i in range(3)]
     assert scores == pytest.approx(text_metrics.rouge(references, predictions, dataset="cnn_dm_org"))
@@ -85,7 +85,7 @@ def test_evaluation_scores_the_generated_texts_with_rouge(task, tmp_path):
     assert [(r["example_id"], r["reference"]) for r in lines] == list(enumerate(references))
     assert lines[1]["prediction"] == predictions[1]
     with pytest.raises(ValueError, match=r"no text generated for 1 example ids \(first: \[2\]\)"):
-        seq2seq_tasks.evaluate(name, "validation", lambda b: {0: [5], 1: [5]}, batch_size=2)
+        seq2seq_evaluation.evaluate(name, "validation", lambda b: {0: [5], 1: [5]}, batch_size=2)
     assert ct.eop not in vocab.encode(wanted[0])
 
 

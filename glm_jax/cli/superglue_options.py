@@ -15,7 +15,7 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument(
         "--task", required=True,
         help="SuperGLUE: boolq, cb, copa, multirc, record, rte, wic, wsc; seq2seq (spec 4.4): cnn_dm, cnn_dm_org, "
-        "xsum, gigaword, squad_qg; eval also: lambada, wikitext103, lm",
+        "xsum, gigaword, squad_qg, yahoo_blank; eval also: lambada, wikitext103, lm",
     )
     parser.add_argument("--checkpoint", required=True, help="glm-jax model directory (from train, convert or finetune)")
     parser.add_argument(

@@ -10,6 +10,9 @@ Each task of spec 4.4 reads its examples from one of two places, with the same
   ``SQuADGenerationProcessor`` does: one example per distinct answer text of each
   question (sorted here; upstream iterates a Python set, whose order varies
   between runs), the test split with the answer ``FAKE_ANSWER`` (as upstream);
+  and for Yahoo infilling upstream's ``{train,valid,test}.txt`` texts (the source
+  is the text itself, masked when the row is built) with the test split's masked
+  texts in ``blank/test.maskratio{r:.1f}.blank``, line for line;
 * TFDS (prepared already; nothing is downloaded): ``cnn_dailymail`` (article ->
   highlights), ``xsum`` (document -> summary), ``gigaword`` (document ->
   summary), ``squad`` (context, question, answers). The TFDS CNN/DailyMail
@@ -20,7 +23,8 @@ Each task of spec 4.4 reads its examples from one of two places, with the same
 :class:`Seq2SeqSource` holds a task's examples per split in memory (read on first
 use), and yields them with their index in the split (the ``example_id`` of the
 batches) in file order or a seeded permutation, sharded as every source of this
-package is (``ShardInfo(i, n)`` keeps positions ``i, i + n, ...``).
+package is (``ShardInfo(i, n)`` keeps positions ``i, i + n, ...``), each with a
+``seed`` for the randomness of its row (Yahoo's masks).
 """
 
 from __future__ import annotations
@@ -35,11 +39,13 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from glm_jax.data import seq2seq_files
+from glm_jax.data import blank_infilling, seq2seq_files
+from glm_jax.data.text_files import numbered_lines
 from glm_jax.data.sources import ShardableSource, check_shard_info
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SQUAD_FILES = {"train": "train.json", "validation": "dev.json", "test": "test.json"}
+BLANK_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 TEST_ANSWER = "FAKE_ANSWER"  # upstream's answer for the unlabelled test split
 
 
@@ -73,17 +79,20 @@ class FolderLoader:
 
     Args:
       data_dir: the folder.
-      dataset: the detokeniser of seq2seq_files (``cnn_dm``, ``gigaword``, ...), or
-        ``squad`` for the SQuAD JSON files.
+      dataset: the detokeniser of seq2seq_files (``cnn_dm``, ``gigaword``, ...),
+        ``squad`` for the SQuAD JSON files, or ``blank`` for the Yahoo texts.
+      mask_ratio: ``blank`` only: which ``test.maskratio{r}.blank`` file the test split reads.
     """
 
-    def __init__(self, data_dir: Union[str, Path], dataset: str):
-        self.data_dir, self.dataset = Path(data_dir), dataset
+    def __init__(self, data_dir: Union[str, Path], dataset: str, mask_ratio: float = 0.1):
+        self.data_dir, self.dataset, self.mask_ratio = Path(data_dir), dataset, mask_ratio
 
     def __call__(self, split: str) -> list[Seq2SeqExample]:
         _check_split(split)
         if self.dataset == "squad":
             return read_squad(self.data_dir / SQUAD_FILES[split], split)
+        if self.dataset == "blank":
+            return read_blank(self.data_dir, split, self.mask_ratio)
         pairs = seq2seq_files.read_split(self.data_dir, split, self.dataset)
         return [Seq2SeqExample(f"{split}-{i}", source, target) for i, (source, target) in enumerate(pairs)]
 
@@ -120,6 +129,30 @@ def read_squad(path: Path, split: str) -> list[Seq2SeqExample]:
                 out.extend([Seq2SeqExample(f"{split}-{start + i}", context, question, answer)
                             for i, answer in enumerate(answers)])
     return out
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return [blank_infilling.detokenize(line) for _, line in numbered_lines(path)]
+
+
+def read_blank(data_dir: Path, split: str, mask_ratio: float) -> list[Seq2SeqExample]:
+    """Yahoo infilling examples: the texts are the targets; a test example's source is
+    its masked line of ``blank/test.maskratio{mask_ratio:.1f}.blank``, the others'
+    the text itself (masked when the row is built)."""
+    texts = _lines(data_dir / BLANK_FILES[split])
+    sources = texts
+    if split == "test":
+        blank = data_dir / "blank" / f"test.maskratio{mask_ratio:.1f}.blank"
+        sources = _lines(blank)
+        if len(sources) != len(texts):
+            raise ValueError(f"{blank} has {len(sources)} lines but {data_dir / BLANK_FILES[split]} has "
+                             f"{len(texts)}: the n-th lines make one example")
+        for number, source in enumerate(sources, 1):
+            if blank_infilling.MASK_TEXT not in source:
+                raise ValueError(f"{blank}:{number}: no <blank> to fill")
+    return [Seq2SeqExample(f"{split}-{i}", source, text) for i, (source, text) in enumerate(zip(sources, texts))]
 
 
 #: TFDS dataset and fields of each task: (name, source field, target field).
@@ -161,6 +194,8 @@ class TfdsLoader:
     """A task's splits from TFDS (:data:`TFDS_FIELDS`), prepared in ``tfds_data_dir``."""
 
     def __init__(self, task: str, tfds_data_dir: Optional[str] = None):
+        if task not in TFDS_FIELDS:
+            raise ValueError(f"{task} has no TFDS dataset: give a folder in the official layout (--data-dir)")
         self.task = task
         self.tfds_name = TFDS_FIELDS[task][0]
         self.tfds_data_dir = tfds_data_dir
@@ -190,6 +225,7 @@ OUTPUT_SIGNATURE = {
     "source": tf.TensorSpec([], tf.string),
     "target": tf.TensorSpec([], tf.string),
     "answer": tf.TensorSpec([], tf.string),
+    "seed": tf.TensorSpec([], tf.int64),
 }
 
 
@@ -221,6 +257,9 @@ class Seq2SeqSource(ShardableSource):
     def _make_dataset(self, split: str, *, shuffle: bool, seed: Optional[int],
                       shard_info: Optional[seqio.ShardInfo]) -> tf.data.Dataset:
         examples = self.examples(split)
+        # Per-example randomness (Yahoo's masks): new with each epoch's shuffle seed,
+        # fixed for an unshuffled split (validation masks stay comparable across epochs).
+        base_seed = (seed or 0) + 1 if shuffle else 0
         order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
         check_shard_info(shard_info)
         if shard_info is not None:
@@ -230,7 +269,7 @@ class Seq2SeqSource(ShardableSource):
             for i in order:
                 ex = examples[i]
                 yield {"index": np.int32(i), "guid": ex.guid, "source": ex.source, "target": ex.target,
-                       "answer": ex.answer}
+                       "answer": ex.answer, "seed": np.int64(base_seed * len(examples) + i)}
 
         return tf.data.Dataset.from_generator(generate, output_signature=OUTPUT_SIGNATURE)
 

@@ -5,38 +5,41 @@ folder or TFDS (glm_jax/data/seq2seq_sources.py) with a vocabulary and the
 task's ``src_length`` / ``tgt_length``. Its preprocessor tokenises in Python as
 upstream does (glm_jax/data/seq2seq.py) and adds, per example::
 
-    tokens, targets, loss_mask, position_ids, block_position_ids   int32 [src_length + tgt_length]
+    tokens, targets, loss_mask, position_ids, block_position_ids   int32 [row_length]
     targets_pretokenized   string  the reference the metrics compare with
 
-The training row doubles as the evaluation input: decoding reads Part A
-(``tokens[:src_length]``) and the blank's position (``position_ids[src_length]``).
-The reference is the target as the tokenizer gives it back
+``row_length`` is ``src_length + tgt_length``, and for Yahoo infilling upstream's
+``src_length + int(src_length * mask_ratio)`` (glm_jax/data/blank_infilling.py,
+whose masks are drawn from the example's ``seed``). The training row doubles as
+the evaluation input: decoding reads Part A (``tokens[:src_length]``) and its
+blanks. The reference is the target as the tokenizer gives it back
 (``decode(encode(target))``, upstream's ``meta["ref"]``: lower-cased by the BERT
-vocabulary). For question generation upstream's in-loop metric compares with the
-answer's round trip, which reads as a slip (the question is what is generated);
-glm-jax compares with the question.
+vocabulary); for Yahoo the text as read, as upstream. For question generation
+upstream's in-loop metric compares with the answer's round trip, which reads as a
+slip (the question is what is generated); glm-jax compares with the question.
 
 Metrics (``seqio.Evaluator``; glm_jax/text_metrics.py): ROUGE-1/2/L with the official
 post-processing for the summarisation tasks (its ``dataset`` as upstream chooses
 it: ``cnn_dm`` for BERT-vocabulary models, else ``gigaword`` for Gigaword and
-``cnn_dm_org`` for the others); BLEU-4 then ROUGE for question generation.
+``cnn_dm_org`` for the others); BLEU-4 then ROUGE for question generation; BLEU-4
+of the filled texts (after upstream's ``blanklm_fix_tokenization``) for Yahoo,
+on whitespace tokens (``tokenize="none"``) as ``multi-bleu.perl`` counts them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import math
-import os
+import random
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from glm_jax import multihost, text_metrics
-from glm_jax.data import seq2seq
+from glm_jax import text_metrics
+from glm_jax.data import blank_infilling, seq2seq
 from glm_jax.data.pipeline import CheckedIterator
 from glm_jax.data.seq2seq_sources import FolderLoader, Seq2SeqSource, TfdsLoader
 
@@ -49,8 +52,9 @@ class Seq2SeqTaskSpec:
     """What differs between the tasks on the data side.
 
     Attributes:
-      kind: ``summary`` (``[CLS] [M] " Content:" article``) or ``question``
-        (``[CLS] passage " Question:" [M] " Answer: " answer``).
+      kind: ``summary`` (``[CLS] [M] " Content:" article``), ``question``
+        (``[CLS] passage " Question:" [M] " Answer: " answer``) or ``blank`` (a text
+        with several ``[MASK]`` blanks, filled left to right).
       folder_dataset: how the official folder is read (seq2seq_files' detokeniser,
         or ``squad`` for the SQuAD JSON files).
       metrics: ``rouge`` and/or ``bleu``, the first one picks the best epoch by default.
@@ -67,6 +71,7 @@ TASKS: Mapping[str, Seq2SeqTaskSpec] = {
     "xsum": Seq2SeqTaskSpec("summary", "xsum", ("rouge",)),
     "gigaword": Seq2SeqTaskSpec("summary", "gigaword", ("rouge",)),
     "squad_qg": Seq2SeqTaskSpec("question", "squad", ("bleu", "rouge")),
+    "yahoo_blank": Seq2SeqTaskSpec("blank", "blank", ("bleu",)),
 }
 
 
@@ -93,9 +98,16 @@ class Seq2SeqTaskInfo:
     tgt_length: int
     vocabulary: Any
     source: Seq2SeqSource
+    mask_ratio: float = 0.0  # yahoo_blank only
+
+    @property
+    def kind(self) -> str:
+        return TASKS[self.task].kind
 
     @property
     def row_length(self) -> int:
+        if self.kind == "blank":
+            return blank_infilling.row_length(self.src_length, self.mask_ratio)
         return self.src_length + self.tgt_length
 
     def num_examples(self, split: str) -> int:
@@ -112,27 +124,35 @@ def task_info(name: str) -> Seq2SeqTaskInfo:
 
 
 def encode_example(task: str, source: str, target: str, answer: str, vocabulary: Any, src_length: int,
-                   tgt_length: int) -> dict[str, np.ndarray]:
-    """The training row of one example (glm_jax/data/seq2seq.py)."""
+                   tgt_length: int, mask_ratio: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """The training row of one example (glm_jax/data/seq2seq.py, blank_infilling.py).
+    A Yahoo source with ``[MASK]`` markers (the test files) is used as given; any
+    other is masked with ``random.Random(seed)``."""
+    if TASKS[task].kind == "blank":
+        if blank_infilling.MASK_TEXT in source:
+            return blank_infilling.blank_row(source, None, vocabulary, src_length, mask_ratio)
+        masked, spans = blank_infilling.mask_words(source, mask_ratio, random.Random(seed))
+        return blank_infilling.blank_row(masked, spans, vocabulary, src_length, mask_ratio)
     if TASKS[task].kind == "question":
         return seq2seq.question_generation_row(source, answer, target, vocabulary, src_length, tgt_length)
     return seq2seq.summary_row(source, target, vocabulary, src_length, tgt_length)
 
 
-def encode_preprocessor(task: str, vocabulary: Any, src_length: int, tgt_length: int):
+def encode_preprocessor(task: str, vocabulary: Any, src_length: int, tgt_length: int, mask_ratio: float = 0.0):
     """A seqio preprocessor adding the row and the reference (module docstring)."""
-    length = src_length + tgt_length
+    blank = TASKS[task].kind == "blank"
+    length = blank_infilling.row_length(src_length, mask_ratio) if blank else src_length + tgt_length
 
-    def encode(source: bytes, target: bytes, answer: bytes) -> list[Any]:
+    def encode(source: bytes, target: bytes, answer: bytes, seed: np.int64) -> list[Any]:
         target_text = target.decode("utf-8")
         row = encode_example(task, source.decode("utf-8"), target_text, answer.decode("utf-8"), vocabulary,
-                             src_length, tgt_length)
-        reference = vocabulary.decode(vocabulary.encode(target_text))
+                             src_length, tgt_length, mask_ratio, int(seed))
+        reference = target_text if blank else vocabulary.decode(vocabulary.encode(target_text))
         return [row[k] for k in ROW_KEYS] + [np.asarray(reference.encode("utf-8"), dtype=object)]
 
     def preprocess(ds: tf.data.Dataset) -> tf.data.Dataset:
         def add_row(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-            values = tf.numpy_function(encode, [ex["source"], ex["target"], ex["answer"]],
+            values = tf.numpy_function(encode, [ex["source"], ex["target"], ex["answer"], ex["seed"]],
                                        [tf.int32] * len(ROW_KEYS) + [tf.string], stateful=False)
             out = dict(ex)
             for key, value in zip(ROW_KEYS, values):
@@ -189,14 +209,23 @@ class GeneratedTextVocabulary(seqio.Vocabulary):
 
 
 def metric_fns(task: str, vocabulary: Any) -> list[Callable]:
+    bleu_tokens = "none" if TASKS[task].kind == "blank" else "13a"
     fns = {"rouge": text_metrics.seqio_metric(text_metrics.rouge, dataset=rouge_dataset(task, vocabulary)),
-           "bleu": text_metrics.seqio_metric(text_metrics.bleu)}
+           "bleu": text_metrics.seqio_metric(text_metrics.bleu, tokenize=bleu_tokens)}
     return [fns[m] for m in TASKS[task].metrics]
+
+
+def postprocess(task: str, text: str, example: Any = None, is_target: bool = False) -> str:
+    """Yahoo's filled texts get upstream's tokenisation repairs; the rest as decoded."""
+    if TASKS[task].kind == "blank" and not is_target:
+        return blank_infilling.fix_tokenization(text)
+    return text
 
 
 def register_seq2seq_task(
     task: str, *, vocabulary: Any, src_length: int, tgt_length: int, data_dir: Optional[str] = None,
     tfds_data_dir: Optional[str] = None, prefix: str = "glm_seq2seq", overwrite: bool = False,
+    mask_ratio: float = 0.1,
 ) -> str:
     """Register ``{prefix}_{task}``; returns the name.
 
@@ -206,6 +235,7 @@ def register_seq2seq_task(
       src_length, tgt_length: upstream's ``src_seq_length`` / ``tgt_seq_length``.
       data_dir: a folder in the official layout; None: TFDS (prepared).
       overwrite: replace a task of the same name.
+      mask_ratio: yahoo_blank only: the fraction of words masked, and which test file is read.
     """
     spec = TASKS[check_task(task)]
     if src_length < 8 or tgt_length < 2:
@@ -215,15 +245,21 @@ def register_seq2seq_task(
         if not overwrite:
             raise ValueError(f"task {name!r} is already registered (pass overwrite=True to replace it)")
         seqio.TaskRegistry.remove(name)
-    loader = FolderLoader(data_dir, spec.folder_dataset) if data_dir is not None else TfdsLoader(task, tfds_data_dir)
+    if spec.kind == "blank" and not 0.0 < mask_ratio < 1.0:
+        raise ValueError(f"{task}: mask_ratio must be in (0, 1), got {mask_ratio}")
+    mask_ratio = mask_ratio if spec.kind == "blank" else 0.0
+    loader = (FolderLoader(data_dir, spec.folder_dataset, mask_ratio) if data_dir is not None
+              else TfdsLoader(task, tfds_data_dir))
     source = Seq2SeqSource(loader)
     seqio.TaskRegistry.add(
-        name, source=source, preprocessors=[encode_preprocessor(task, vocabulary, src_length, tgt_length)],
+        name, source=source,
+        preprocessors=[encode_preprocessor(task, vocabulary, src_length, tgt_length, mask_ratio)],
         output_features={"tokens": seqio.Feature(vocabulary, add_eos=False),
                          "targets": seqio.Feature(GeneratedTextVocabulary(vocabulary), add_eos=False)},
-        metric_fns=metric_fns(task, vocabulary), shuffle_buffer_size=None,
+        postprocess_fn=functools.partial(postprocess, task), metric_fns=metric_fns(task, vocabulary),
+        shuffle_buffer_size=None,
     )
-    _INFO[name] = Seq2SeqTaskInfo(name, task, src_length, tgt_length, vocabulary, source)
+    _INFO[name] = Seq2SeqTaskInfo(name, task, src_length, tgt_length, vocabulary, source, mask_ratio)
     return name
 
 
@@ -267,7 +303,7 @@ class Seq2SeqFeatureConverter(seqio.FeatureConverter):
         return rows
 
 
-def _batch_numpy(ds: tf.data.Dataset, converter: Seq2SeqFeatureConverter, batch_size: int, num_batches: int,
+def batch_numpy(ds: tf.data.Dataset, converter: Seq2SeqFeatureConverter, batch_size: int, num_batches: int,
                  drop_remainder: bool) -> Iterator[dict[str, np.ndarray]]:
     """Exactly ``num_batches`` batches; a short last one padded (or dropped), and
     missing ones (a shard with fewer examples) padding only."""
@@ -303,105 +339,5 @@ def seq2seq_batches(task_name: str, split: str, *, batch_size: int, shuffle: boo
     ds = seqio.get_mixture_or_task(task_name).get_dataset(
         sequence_length=None, split=split, shuffle=shuffle, seed=seed, shard_info=shard, num_epochs=1,
         trim_output_features=False)
-    yield from _batch_numpy(converter(ds, converter.task_feature_lengths()), converter, batch_size, num_batches,
+    yield from batch_numpy(converter(ds, converter.task_feature_lengths()), converter, batch_size, num_batches,
                             drop_remainder)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-GenerateFn = Callable[[Iterator[dict[str, np.ndarray]]], Mapping[int, list[int]]]
-_EVALUATORS: dict[tuple[str, str], tuple[seqio.Task, seqio.Evaluator]] = {}
-
-
-def _evaluator(task_name: str, split: str) -> seqio.Evaluator:
-    task = seqio.get_mixture_or_task(task_name)
-    cached = _EVALUATORS.get((task_name, split))
-    if cached is None or cached[0] is not task:  # re-registered task: rebuild
-        evaluator = seqio.Evaluator(task_name, Seq2SeqFeatureConverter(task_info(task_name)), eval_split=split,
-                                    use_memory_cache=True, async_compute_metrics=False)
-        if not evaluator.eval_tasks:
-            raise ValueError(f"{task_name} has no {split!r} split to evaluate")
-        cached = _EVALUATORS[(task_name, split)] = (task, evaluator)
-    return cached[1]
-
-
-def evaluate(task_name: str, split: str, generate_fn: GenerateFn, *, output_dir: Optional[str] = None,
-             batch_size: int = 16) -> dict[str, float]:
-    """The task's metrics (percent) of the texts ``generate_fn`` writes.
-
-    Args:
-      generate_fn: ``batches -> {example_id: generated token ids}`` (without
-        ``[eop]`` and padding); ``batches`` as :func:`seq2seq_batches` unshuffled.
-      output_dir: where ``{task_name}_{split}_predictions.jsonl`` goes: per example
-        ``example_id``, ``guid``, ``prediction`` (text) and ``reference``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    evaluator = _evaluator(task_name, split)
-    converter = Seq2SeqFeatureConverter(task_info(task_name))
-
-    def seqio_predict_fn(enumerated) -> list[tuple[int, list[int]]]:
-        positions = {int(eid): int(pos) for pos, eid in enumerated.map(
-            lambda i, ex: (i, ex["example_id"])).as_numpy_iterator()}
-        ds = enumerated.map(lambda i, ex: ex)
-        generated = generate_fn(_batch_numpy(ds, converter, batch_size, math.ceil(len(positions) / batch_size), False))
-        missing = sorted(set(positions) - {int(k) for k in generated})
-        if missing:
-            raise ValueError(f"{task_name} {split}: no text generated for {len(missing)} example ids "
-                             f"(first: {missing[:5]})")
-        # One length for all (seqio stacks them), padded with -1 (GeneratedTextVocabulary).
-        width = max([len(ids) for ids in generated.values()] + [1])
-        return [(pos, list(generated[eid]) + [-1] * (width - len(generated[eid]))) for eid, pos in positions.items()]
-
-    metrics_future, outputs = evaluator.evaluate(compute_metrics=True, predict_fn=seqio_predict_fn)
-    scores = metrics_future.result()[task_name]
-    if output_dir is not None:
-        generated = outputs[task_name][seqio.metrics.ModelOutputType.PREDICTION]  # token ids, in example order
-        vocabulary = task_info(task_name).vocabulary
-        path = os.path.join(output_dir, f"{task_name}_{split}_predictions.jsonl")
-        os.makedirs(output_dir, exist_ok=True)
-        examples = evaluator.cached_task_datasets[task_name].as_numpy_iterator()
-        with open(path, "w", encoding="utf-8") as f:
-            for ex, tokens in zip(examples, generated, strict=True):
-                f.write(json.dumps({"example_id": int(ex["index"]), "guid": ex["guid"].decode("utf-8"),
-                                    "prediction": vocabulary.decode([int(t) for t in tokens if t >= 0]), "reference": ex["targets_pretokenized"].decode("utf-8")},
-                                   ensure_ascii=False) + "\n")
-    return {name: float(value) for name, value in scores.items()}
-
-
-class Seq2SeqData:
-    """A registered seq2seq task as the data of the fine-tuning loop
-    (``glm_jax.finetune.ClozeData``): each epoch's shuffled training batches (this
-    process's shard) and the metrics of generated texts.
-
-    Args:
-      task_name: from :func:`register_seq2seq_task`.
-      config: the run's ``finetune`` section (splits, batch sizes, seed).
-      mesh: the run's mesh: with several processes each reads its own shard.
-    """
-
-    def __init__(self, task_name: str, config: Any, mesh: Any):
-        self.task_name = task_name
-        self.config = config
-        self.info = task_info(task_name)
-        self.local_batch = len(multihost.process_batch_indices(mesh, config.batch_size))
-
-    def num_examples(self, split: str) -> int:
-        return self.info.num_examples(split)
-
-    def steps_per_epoch(self) -> int:
-        return (self.info.num_examples(self.config.train_split) // jax.process_count()) // self.local_batch
-
-    def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
-        """Epoch ``epoch``'s batches of ``[local_batch, ...]`` rows, shuffled with ``seed + epoch``."""
-        index, count = jax.process_index(), jax.process_count()
-        return seq2seq_batches(self.task_name, self.config.train_split, batch_size=self.local_batch, shuffle=True,
-                               seed=self.config.seed + epoch, drop_remainder=True,
-                               shard=seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None)
-
-    def evaluate(self, generate_fn: GenerateFn, output_dir: Optional[str], split: Optional[str] = None
-                 ) -> dict[str, float]:
-        """The task's metrics of ``generate_fn``'s texts on ``split`` (default: the eval split)."""
-        return evaluate(self.task_name, split or self.config.eval_split, generate_fn, output_dir=output_dir,
-                        batch_size=self.config.eval_batch_size)
-

@@ -136,7 +136,7 @@ def generate(
         n = int(result.num_tokens[i])
         tokens = [int(t) for t in result.tokens[i, :n]]
         positions = prompt_layout.blank_positions(context, ct)
-        spans = _split_spans(tokens, end_ids, len(positions))
+        spans = split_spans(tokens, end_ids, len(positions))
         out.append(
             Generation(
                 context=tuple(int(t) for t in context),
@@ -152,7 +152,7 @@ def generate(
     return out
 
 
-def _split_spans(tokens: Sequence[int], end_ids: Sequence[int], num_blanks: int) -> list[list[int]]:
+def split_spans(tokens: Sequence[int], end_ids: Sequence[int], num_blanks: int) -> list[list[int]]:
     """Cut one row's sampled tokens into the spans of its blanks.
 
     Each end token closes the current blank; the next blank is started (its
