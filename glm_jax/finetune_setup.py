@@ -71,6 +71,8 @@ def load_run_config(
     """
     check_task(task)
     task = task.lower()
+    if pattern_id is not None and is_seq2seq(task):
+        raise ValueError(f"--pattern-id applies to SuperGLUE tasks; {task} is a seq2seq task")
     model_dir.check_model_dir(checkpoint)
     pretrained = model_dir.read_config(Path(checkpoint) / model_dir.CONFIG_FILE)
     source = config or (_stored_config(checkpoint, task) if stored else None) or f"finetune/{task}"

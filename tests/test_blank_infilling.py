@@ -4,7 +4,6 @@ the row layout token by token, and the text repairs."""
 import random
 
 import numpy as np
-import pytest
 
 from glm_jax.data import blank_infilling as blank
 from glm_jax.data.embedded_vocab import EmbeddedVocabulary

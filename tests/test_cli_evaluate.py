@@ -62,10 +62,27 @@ def test_perplexity_through_the_cli_equals_the_library(model, tmp_path, capsys):
     assert got["adjusted_ppl"] == pytest.approx(expected["adjusted_ppl"], rel=1e-3)
 
 
-def test_zero_shot_input_errors_are_one_line(model, tmp_path, capsys):
+def test_lambada_from_tfds_equals_the_library(model, capsys):
+    """Without --data-file, LAMBADA comes from TFDS's own builder (its data mocked here)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    out, _, params, vocab, mesh, step = model
+    with tfds.testing.mock_data(num_examples=3):
+        passages = language_model.read_lambada_tfds("test")
+        capsys.readouterr()
+        assert cli.main(["eval", "--task", "lambada", "--checkpoint", str(out), "--seq-length", "24"]) == 0
+    printed = capsys.readouterr().out
+    assert "LAMBADA: 3 passages from TFDS lambada test" in printed
+    expected = zero_shot.lambada_accuracy(step, params, vocab, passages, mesh, seq_length=24)
+    assert table(printed) == pytest.approx({k: round(v, 4) for k, v in expected.items()}, abs=1e-4)
+
+
+def test_zero_shot_input_errors_are_one_line(model, tmp_path, capsys, monkeypatch):
     out = str(model[0])
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     assert cli.main(["eval", "--task", "lambada", "--checkpoint", out]) == 2
-    assert "glm-jax: error: --task lambada needs --data-file" in capsys.readouterr().err
+    assert "glm-jax: error: TFDS lambada has no prepared 'test' split" in capsys.readouterr().err
+    assert cli.main(["eval", "--task", "wikitext103", "--checkpoint", out]) == 2
+    assert "--task wikitext103 needs --data-file (TFDS has no wikitext103 data set)" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine words"}\n{"txt": 1}\n')
     assert cli.main(["eval", "--task", "lambada", "--checkpoint", out, "--data-file", str(bad)]) == 2

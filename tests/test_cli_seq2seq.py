@@ -38,6 +38,19 @@ def example(rng: random.Random) -> tuple[str, str]:
     return " ".join(words), f"animal {animal} color {color} size {size}"
 
 
+def tiny_model_dir(root, words: list[str], vocab_size: int, seed: int):
+    """A word-level sentencepiece model of ``words`` and a tiny GLM at random init,
+    saved as the model directory ``root/model``."""
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter([" ".join(words)] * 20), model_prefix=str(root / "spm"), vocab_size=vocab_size,
+        hard_vocab_limit=False, model_type="word", num_threads=1, minloglevel=2,
+    )
+    config = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=32)
+    ids = jnp.zeros((1, 2), jnp.int32)
+    params = jax.jit(lambda: GLM(config).init(jax.random.key(seed), ids, ids, ids, sep=jnp.ones(1, jnp.int32)))()
+    save_model_dir(root / "model", config, nn.unbox(params["params"]), vocab_file=root / "spm.model")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_seq2seq")
@@ -47,15 +60,7 @@ def setup(tmp_path_factory):
         pairs = [example(rng) for _ in range(n)]
         (root / "data" / f"{split}.source").write_text("".join(s + "\n" for s, _ in pairs))
         (root / "data" / f"{split}.target").write_text("".join(t + "\n" for _, t in pairs))
-    words = ANIMALS + COLORS + SIZES + FILLER + ["animal", "color", "size", "Content:"]
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([" ".join(words)] * 20), model_prefix=str(root / "spm"), vocab_size=40,
-        hard_vocab_limit=False, model_type="word", num_threads=1, minloglevel=2,
-    )
-    config = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=32)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    params = jax.jit(lambda: GLM(config).init(jax.random.key(0), ids, ids, ids, sep=jnp.ones(1, jnp.int32)))()
-    save_model_dir(root / "model", config, nn.unbox(params["params"]), vocab_file=root / "spm.model")
+    tiny_model_dir(root, ANIMALS + COLORS + SIZES + FILLER + ["animal", "color", "size", "Content:"], 40, seed=0)
     return root
 
 
@@ -118,14 +123,7 @@ def yahoo(tmp_path_factory):
     tests = (data / "test.txt").read_text().splitlines()
     blanks = [" ".join("<blank>" if k in (2, 5) else w for k, w in enumerate(t.split())) for t in tests]
     (data / "blank" / "test.maskratio0.3.blank").write_text("".join(b + "\n" for b in blanks))
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter([" ".join(NUMBERS)] * 20), model_prefix=str(root / "spm"), vocab_size=30,
-        hard_vocab_limit=False, model_type="word", num_threads=1, minloglevel=2,
-    )
-    config = ModelConfig(vocab_size=128, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=32)
-    ids = jnp.zeros((1, 2), jnp.int32)
-    params = jax.jit(lambda: GLM(config).init(jax.random.key(1), ids, ids, ids, sep=jnp.ones(1, jnp.int32)))()
-    save_model_dir(root / "model", config, nn.unbox(params["params"]), vocab_file=root / "spm.model")
+    tiny_model_dir(root, NUMBERS, 30, seed=1)
     return root
 
 
@@ -160,3 +158,18 @@ def test_blank_infilling_beats_its_own_bleu_before_finetuning(yahoo, capsys):
         words, want = r["prediction"].split(), ref.split()
         assert [w for k, w in enumerate(words) if k not in (2, 5)] == [w for k, w in enumerate(want) if k not in (2, 5)]
     assert "yahoo_blank  test" in out
+
+
+def test_bad_inputs_are_one_line_errors(setup, tmp_path, capsys):
+    base = ["finetune", "--task", "xsum", "--checkpoint", str(setup / "model"), "--output-dir", str(tmp_path / "run")]
+    assert cli.main([*base, "--config", "finetune/tiny_seq2seq", "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere' / 'train.source'} does not exist" in capsys.readouterr().err
+    # The paper's 608 source tokens do not fit the tiny model's 32 positions.
+    assert cli.main([*base, "--data-dir", str(setup / "data")]) == 2
+    assert "seq2seq.src_length=608 / seq2seq.tgt_length=60 need positions beyond the model's " \
+           "max_position_embeddings=32" in capsys.readouterr().err
+    assert cli.main([*base, "--pattern-id", "1"]) == 2
+    assert "--pattern-id applies to SuperGLUE tasks; xsum is a seq2seq task" in capsys.readouterr().err
+    assert cli.main([*base, "--config", "finetune/tiny_seq2seq", "seq2seq.label_smoothing=1.5"]) == 2
+    assert "seq2seq.label_smoothing must be in [0, 1), got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()

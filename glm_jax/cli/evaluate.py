@@ -44,8 +44,8 @@ def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "zero-shot language modelling (--task lambada | wikitext103 | lm; spec 4.5)")
     group.add_argument("--data-file", default=None,
-                       help="lambada: JSON lines with a 'text' field; wikitext103: a raw token file "
-                       "(wiki.test.tokens); lm: plain text, one document per line")
+                       help="lambada: JSON lines with a 'text' field (default: TFDS lambada, prepared); "
+                       "wikitext103: a raw token file (wiki.test.tokens); lm: plain text, one document per line")
     group.add_argument("--seq-length", type=int, default=None,
                        help="row length (default: 512 for lambada, 1024 for perplexity)")
     group.add_argument("--stride", type=int, default=256,
@@ -57,9 +57,9 @@ def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_zero_shot(args: argparse.Namespace, print_fn: Callable[[str], None]) -> int:
     """LAMBADA accuracy or perplexity of ``args.checkpoint`` on ``args.data_file``."""
-    if args.data_file is None:
-        raise ValueError(f"--task {args.task} needs --data-file")
-    if not Path(args.data_file).is_file():
+    if args.data_file is None and args.task != "lambada":
+        raise ValueError(f"--task {args.task} needs --data-file (TFDS has no {args.task} data set)")
+    if args.data_file is not None and not Path(args.data_file).is_file():
         raise FileNotFoundError(f"--data-file {args.data_file} does not exist")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -70,8 +70,11 @@ def run_zero_shot(args: argparse.Namespace, print_fn: Callable[[str], None]) -> 
     step = zero_shot.make_score_step(config, mesh)
     layout = "unidirectional" if args.unidirectional else "bidirectional"
     if args.task == "lambada":
-        texts = language_model.read_lambada(args.data_file)
-        print_fn(f"LAMBADA: {len(texts)} passages from {args.data_file}, {layout}, rows of {seq_length}")
+        if args.data_file is None:
+            texts, where = language_model.read_lambada_tfds("test"), "TFDS lambada test (the original release)"
+        else:
+            texts, where = language_model.read_lambada(args.data_file), args.data_file
+        print_fn(f"LAMBADA: {len(texts)} passages from {where}, {layout}, rows of {seq_length}")
         scores = zero_shot.lambada_accuracy(step, params, vocabulary, texts, mesh, seq_length=seq_length,
                                             unidirectional=args.unidirectional, batch_size=args.batch_size,
                                             print_fn=print_fn)

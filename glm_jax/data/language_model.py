@@ -37,7 +37,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -148,6 +148,27 @@ def read_lambada(path: PathLike) -> list[str]:
     if not texts:
         raise ValueError(f"{path}: no passages")
     return texts
+
+
+def read_lambada_tfds(split: str = "test", tfds_data_dir: Optional[str] = None) -> list[str]:
+    """The passages of TFDS ``lambada`` (prepared already; nothing is downloaded).
+
+    TFDS holds the original release (``lambada_test_plain_text.txt``: tokenised,
+    e.g. ``don 't``), not the detokenised OpenAI JSON lines that the official GLM
+    scores (its README's 72.35): accuracies on the two are not comparable.
+    """
+    # Imported here: TFDS is slow to import and only this reader needs it.
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder("lambada", data_dir=tfds_data_dir)
+    try:
+        ds = builder.as_dataset(split=split, shuffle_files=False)
+    except (AssertionError, ValueError, KeyError) as e:
+        raise FileNotFoundError(
+            f"TFDS lambada has no prepared {split!r} split in {builder.data_dir!r} ({e}). Prepare it with network "
+            "access, or pass --data-file with the LAMBADA JSON lines") from None
+    texts = [row["passage"].decode("utf-8").strip() for row in tfds.as_numpy(ds)]
+    return [t for t in texts if t.split()]
 
 
 # -------------------------------------------------------------------- perplexity

@@ -21,7 +21,8 @@ import numpy as np
 import seqio
 
 from glm_jax import multihost
-from glm_jax.data.seq2seq_tasks import Seq2SeqFeatureConverter, batch_numpy, postprocess, seq2seq_batches, task_info
+from glm_jax.data.seq2seq_tasks import Seq2SeqFeatureConverter, postprocess, seq2seq_batches, task_info
+from glm_jax.data.split_data import fixed_batches
 
 GenerateFn = Callable[[Iterator[dict[str, np.ndarray]]], Mapping[int, list[int]]]
 _EVALUATORS: dict[tuple[str, str], tuple[seqio.Task, seqio.Evaluator]] = {}
@@ -58,7 +59,7 @@ def evaluate(task_name: str, split: str, generate_fn: GenerateFn, *, output_dir:
         positions = {int(eid): int(pos) for pos, eid in enumerated.map(
             lambda i, ex: (i, ex["example_id"])).as_numpy_iterator()}
         ds = enumerated.map(lambda i, ex: ex)
-        generated = generate_fn(batch_numpy(ds, converter, batch_size, math.ceil(len(positions) / batch_size), False))
+        generated = generate_fn(fixed_batches(ds, converter.padding_rows, batch_size, math.ceil(len(positions) / batch_size), False))
         missing = sorted(set(positions) - {int(k) for k in generated})
         if missing:
             raise ValueError(f"{task_name} {split}: no text generated for {len(missing)} example ids "

@@ -31,19 +31,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import numpy as np
-import seqio
 import tensorflow as tf
 
 from glm_jax.data import blank_infilling, seq2seq_files
 from glm_jax.data.text_files import numbered_lines
-from glm_jax.data.sources import ShardableSource, check_shard_info
+from glm_jax.data.split_data import InMemorySource, SPLITS
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 SQUAD_FILES = {"train": "train.json", "validation": "dev.json", "test": "test.json"}
 BLANK_FILES = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 TEST_ANSWER = "FAKE_ANSWER"  # upstream's answer for the unlabelled test split
@@ -229,49 +226,17 @@ OUTPUT_SIGNATURE = {
 }
 
 
-class Seq2SeqSource(ShardableSource):
-    """One task's examples (module docstring); features as :data:`OUTPUT_SIGNATURE`."""
+class Seq2SeqSource(InMemorySource):
+    """One task's examples (module docstring); features as :data:`OUTPUT_SIGNATURE`.
+    An example's ``seed`` is ``(shuffle seed + 1) * 2**32 + index``, and ``index``
+    when unshuffled."""
 
-    def __init__(self, loader: Loader, splits: Sequence[str] = SPLITS):
-        self._loader = loader
-        self._examples: dict[str, list[Seq2SeqExample]] = {}
-        self._lock = threading.Lock()
-        # Shuffling is a seeded permutation of the whole split: no shuffle buffer.
-        super().__init__(splits=splits, performs_internal_shuffling=True)
+    OUTPUT_SIGNATURE = OUTPUT_SIGNATURE
 
-    def examples(self, split: str) -> list[Seq2SeqExample]:
-        """The split's examples in file order, read once."""
-        if split not in self.splits:
-            raise ValueError(f"{self}: unknown split {split!r}; expected one of {self.splits}")
-        with self._lock:
-            if split not in self._examples:
-                self._examples[split] = self._loader(split)
-            return self._examples[split]
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [f"{self._loader}:{split}"]
-
-    def num_input_examples(self, split: str) -> int:
-        return len(self.examples(split))
-
-    def _make_dataset(self, split: str, *, shuffle: bool, seed: Optional[int],
-                      shard_info: Optional[seqio.ShardInfo]) -> tf.data.Dataset:
-        examples = self.examples(split)
-        # Per-example randomness (Yahoo's masks): new with each epoch's shuffle seed,
-        # fixed for an unshuffled split (validation masks stay comparable across epochs).
-        base_seed = (seed or 0) + 1 if shuffle else 0
-        order = np.random.default_rng(seed).permutation(len(examples)) if shuffle else np.arange(len(examples))
-        check_shard_info(shard_info)
-        if shard_info is not None:
-            order = order[shard_info.index:: shard_info.num_shards]
-
-        def generate():
-            for i in order:
-                ex = examples[i]
-                yield {"index": np.int32(i), "guid": ex.guid, "source": ex.source, "target": ex.target,
-                       "answer": ex.answer, "seed": np.int64(base_seed * len(examples) + i)}
-
-        return tf.data.Dataset.from_generator(generate, output_signature=OUTPUT_SIGNATURE)
+    def element(self, index: int, example: Seq2SeqExample, seed: Optional[int]) -> dict[str, Any]:
+        base = 0 if seed is None else seed + 1
+        return {"index": np.int32(index), "guid": example.guid, "source": example.source, "target": example.target,
+                "answer": example.answer, "seed": np.int64(base * 2**32 + index)}
 
     def __str__(self) -> str:
         return f"Seq2SeqSource({self._loader})"

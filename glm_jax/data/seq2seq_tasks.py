@@ -40,8 +40,8 @@ import tensorflow as tf
 
 from glm_jax import text_metrics
 from glm_jax.data import blank_infilling, seq2seq
-from glm_jax.data.pipeline import CheckedIterator
 from glm_jax.data.seq2seq_sources import FolderLoader, Seq2SeqSource, TfdsLoader
+from glm_jax.data.split_data import fixed_batches
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 ROW_KEYS = ("tokens", "targets", "loss_mask", "position_ids", "block_position_ids")
@@ -303,27 +303,6 @@ class Seq2SeqFeatureConverter(seqio.FeatureConverter):
         return rows
 
 
-def batch_numpy(ds: tf.data.Dataset, converter: Seq2SeqFeatureConverter, batch_size: int, num_batches: int,
-                 drop_remainder: bool) -> Iterator[dict[str, np.ndarray]]:
-    """Exactly ``num_batches`` batches; a short last one padded (or dropped), and
-    missing ones (a shard with fewer examples) padding only."""
-    emitted = 0
-    for batch in CheckedIterator(ds.batch(batch_size).as_numpy_iterator(), None, endless=False):
-        if emitted == num_batches:
-            break
-        n = len(batch["example_id"])
-        if n < batch_size:
-            if drop_remainder:
-                break
-            pad = converter.padding_rows(batch_size - n)
-            batch = {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
-        yield batch
-        emitted += 1
-    while emitted < num_batches:
-        yield converter.padding_rows(batch_size)
-        emitted += 1
-
-
 def seq2seq_batches(task_name: str, split: str, *, batch_size: int, shuffle: bool, seed: int = 0,
                     drop_remainder: bool = False, shard: Optional[seqio.ShardInfo] = None
                     ) -> Iterator[dict[str, np.ndarray]]:
@@ -339,5 +318,5 @@ def seq2seq_batches(task_name: str, split: str, *, batch_size: int, shuffle: boo
     ds = seqio.get_mixture_or_task(task_name).get_dataset(
         sequence_length=None, split=split, shuffle=shuffle, seed=seed, shard_info=shard, num_epochs=1,
         trim_output_features=False)
-    yield from batch_numpy(converter(ds, converter.task_feature_lengths()), converter, batch_size, num_batches,
-                            drop_remainder)
+    yield from fixed_batches(converter(ds, converter.task_feature_lengths()), converter.padding_rows, batch_size,
+                             num_batches, drop_remainder)

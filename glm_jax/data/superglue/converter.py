@@ -37,7 +37,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from glm_jax.data.pipeline import CheckedIterator
+from glm_jax.data.split_data import fixed_batches
 from glm_jax.data.superglue.registry import ClozeTaskInfo, task_info
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
@@ -151,25 +151,9 @@ def resolve_num_choices(info: ClozeTaskInfo, split: str, num_choices: Optional[i
 
 def batch_numpy(ds: tf.data.Dataset, converter: ClozeFeatureConverter, batch_size: int, num_batches: int,
                 drop_remainder: bool) -> Iterator[dict[str, np.ndarray]]:
-    """``num_batches`` batches of ``batch_size`` rows from model-feature examples;
-    a short last batch is padded (or dropped with ``drop_remainder``), and missing
-    batches are padding only."""
-    emitted = 0
-    # One plain error line, with the pipeline released first (glm_jax.data.CheckedIterator).
-    for batch in CheckedIterator(ds.batch(batch_size).as_numpy_iterator(), None, endless=False):
-        if emitted == num_batches:
-            break
-        n = len(batch["example_id"])
-        if n < batch_size:
-            if drop_remainder:
-                break
-            pad = converter.padding_rows(batch_size - n)
-            batch = {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
-        yield batch
-        emitted += 1
-    while emitted < num_batches:
-        yield converter.padding_rows(batch_size)
-        emitted += 1
+    """``num_batches`` batches of ``batch_size`` rows from model-feature examples,
+    padded with the converter's padding rows (glm_jax/data/split_data.fixed_batches)."""
+    return fixed_batches(ds, converter.padding_rows, batch_size, num_batches, drop_remainder)
 
 
 def cloze_batches(

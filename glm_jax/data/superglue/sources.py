@@ -38,19 +38,15 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import seqio
 import tensorflow as tf
 
-from glm_jax.data.sources import ShardableSource, check_shard_info
+from glm_jax.data.split_data import SPLITS, InMemorySource
 from glm_jax.data.superglue import readers
 from glm_jax.data.superglue.readers import TASKS, Example
-
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 #: TFDS ``super_glue`` config of each task.
 TFDS_CONFIGS: Mapping[str, str] = {
@@ -217,7 +213,7 @@ class TfdsLoader:
 # --------------------------------------------------------------------------- DataSource
 
 
-class SuperGLUESource(ShardableSource):
+class SuperGLUESource(InMemorySource):
     """One SuperGLUE task's examples (see the module docstring for features and order).
 
     Args:
@@ -225,57 +221,19 @@ class SuperGLUESource(ShardableSource):
       loader: ``split -> list[Example]``; :class:`JsonlLoader` or :class:`TfdsLoader`.
     """
 
+    OUTPUT_SIGNATURE = OUTPUT_SIGNATURE
+
     def __init__(self, task: str, loader: Loader, splits: Sequence[str] = SPLITS):
         self.task = check_task(task)
-        self._loader = loader
-        self._examples: dict[str, list[Example]] = {}
-        self._lock = threading.Lock()
-        # Shuffling is a seeded permutation of the whole split (below), so the Task
-        # needs no shuffle buffer of its own.
-        super().__init__(splits=splits, performs_internal_shuffling=True)
+        super().__init__(loader, splits)
 
-    def examples(self, split: str) -> list[Example]:
-        """The split's examples in file order, read once."""
-        if split not in self.splits:
-            raise ValueError(f"{self}: unknown split {split!r}; expected one of {self.splits}")
-        with self._lock:
-            if split not in self._examples:
-                self._examples[split] = self._loader(split)
-            return self._examples[split]
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        return [f"{self._loader}:{split}"]
-
-    def num_input_examples(self, split: str) -> int:
-        return len(self.examples(split))
-
-    def order(self, split: str, shuffle: bool, seed: Optional[int],
-              shard_info: Optional[seqio.ShardInfo] = None) -> np.ndarray:
-        """Indices of the examples this shard yields, in yield order."""
-        n = len(self.examples(split))
-        order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-        check_shard_info(shard_info)
-        if shard_info is not None:
-            order = order[shard_info.index :: shard_info.num_shards]
-        return order
-
-    def _make_dataset(
-        self, split: str, *, shuffle: bool, seed: Optional[int], shard_info: Optional[seqio.ShardInfo]
-    ) -> tf.data.Dataset:
-        examples = self.examples(split)
-        order = self.order(split, shuffle, seed, shard_info)
-
-        def generate():
-            for i in order:
-                ex = examples[i]
-                yield {
-                    "index": np.int32(i), "guid": ex.guid, "example": example_to_json(ex),
-                    "group": ex.group or "", "candidates": np.asarray(ex.candidates, dtype=object).reshape(-1),
-                    "answers": np.asarray(ex.answers, dtype=object).reshape(-1),
-                    "label": np.int32(-1 if ex.label is None else ex.label),
-                }
-
-        return tf.data.Dataset.from_generator(generate, output_signature=OUTPUT_SIGNATURE)
+    def element(self, index: int, example: Example, seed: Optional[int]) -> dict[str, Any]:
+        return {
+            "index": np.int32(index), "guid": example.guid, "example": example_to_json(example),
+            "group": example.group or "", "candidates": np.asarray(example.candidates, dtype=object).reshape(-1),
+            "answers": np.asarray(example.answers, dtype=object).reshape(-1),
+            "label": np.int32(-1 if example.label is None else example.label),
+        }
 
     def __str__(self) -> str:
         return f"SuperGLUESource({self.task}, {self._loader})"
