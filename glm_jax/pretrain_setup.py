@@ -53,6 +53,17 @@ def check_vocabulary(vocabulary: Any, config: Config) -> None:
             f"model.vocab_size={config.model.vocab_size}: set model.vocab_size to at least {vocabulary.vocab_size}")
 
 
+def check_positions(config: Config) -> None:
+    """Position ids must index the model's position table (a gather past its end reads
+    a clamped row, silently); ValueError naming the keys otherwise."""
+    if config.data.position_range > config.model.max_position_embeddings:
+        key = "data.text_length" if config.data.text_length else "data.sequence_length"
+        raise ValueError(
+            f"{key}={config.data.position_range} gives position ids beyond model.max_position_embeddings="
+            f"{config.model.max_position_embeddings}; rows may be longer than the positions only with "
+            "data.text_length (the text cap)")
+
+
 def prepare(config: Config) -> PretrainRun:
     """Register ``config.data``'s tasks and check the run before any work: its
     directories are writable, its checkpoints are of this model and not past
@@ -73,6 +84,7 @@ def prepare(config: Config) -> PretrainRun:
     latest = run_dir.check_resume(output_dir, checkpoint_dir, config.model, config.train.steps)
     vocabulary = pipeline.vocabulary_of(config.data)
     check_vocabulary(vocabulary, config)
+    check_positions(config)
     pipeline.check_splits(config.data)
     model_path = output_dir / MODEL_DIR
     if is_main:

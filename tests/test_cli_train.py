@@ -93,3 +93,15 @@ def test_vocabulary_larger_than_the_model_is_refused(tmp_path, capsys):
     assert rc == 2
     assert "model.vocab_size=128" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_positions_beyond_the_model_are_refused(tmp_path, capsys):
+    """Rows longer than the position table would gather clamped rows, silently; rows
+    may outgrow the positions only through data.text_length."""
+    base = ["train", "train.steps=1", f"train.output_dir={tmp_path / 'run'}"]
+    assert cli.main([*base, "data.sequence_length=160"]) == 2
+    assert ("data.sequence_length=160 gives position ids beyond model.max_position_embeddings=128"
+            in capsys.readouterr().err)
+    assert cli.main([*base, "data.sequence_length=160", "data.text_length=136"]) == 2
+    assert "data.text_length=136 gives position ids beyond" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

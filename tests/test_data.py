@@ -116,3 +116,17 @@ def test_eval_batches_are_one_deterministic_pass(corpus_dir):
     assert len(first) == len(second) > 1
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+def test_text_length_lets_rows_grow_past_the_text(corpus_dir):
+    """data.text_length: windows and Part A hold at most C tokens (positions < C), the
+    rows of T > C hold Part B beyond them, as the official rows grow to n + 2k."""
+    config = data.DataConfig(task="glm_pretrain_token_embedded", sequence_length=80, text_length=64, shuffle_buffer=16)
+    batch = {k: np.asarray(v) for k, v in next(data.train_batches(config, 16, shard=(0, 1))).items()}
+    assert batch["tokens"].shape == (16, 80)
+    assert batch["position_ids"].max() <= 63
+    lengths = (batch["loss_mask"] > 0).sum(1) + batch["sep"]  # Part A + the loss tokens of Part B
+    assert (batch["sep"] <= 64).all() and lengths.max() > 64
+    assert config.position_range == 64
+    with pytest.raises(ValueError, match="data.text_length=96 exceeds data.sequence_length=80"):
+        data.DataConfig(sequence_length=80, text_length=96)

@@ -46,7 +46,7 @@ def pad_rows(rows: list[np.ndarray], fill: int = -1) -> np.ndarray:
     return out
 
 
-def run(texts, seq_len: int, config: ObjectiveConfig, seed: int = 7) -> dict[str, np.ndarray]:
+def run(texts, seq_len: int, config: ObjectiveConfig, seed: int = 7, text_cap=None) -> dict[str, np.ndarray]:
     """``blank_infilling`` over windows (an array, or a list of arrays) -> padded arrays.
 
     Returns the five features as ``[N, seq_len]`` (zero-padded), ``sep`` and
@@ -57,7 +57,8 @@ def run(texts, seq_len: int, config: ObjectiveConfig, seed: int = 7) -> dict[str
     ds = tf.data.Dataset.from_tensor_slices({"targets": texts})
     with seqio.map_seed_manager(seed):
         ds = objectives.blank_infilling(
-            ds, {"tokens": seq_len}, command_tokens=CT, config=config, sentence_end=SENTENCE_END
+            ds, {"tokens": seq_len, **({"text": text_cap} if text_cap else {})}, command_tokens=CT, config=config,
+            sentence_end=SENTENCE_END
         )
     ds = ds.map(lambda ex: {**ex, "length": tf.size(ex["tokens"])})
     shapes = {**{k: [seq_len] for k in FEATURES}, "sep": [], "length": []}
@@ -189,6 +190,27 @@ def test_token_objective_masks_15_percent_within_the_length_budget(token_run):
     mean = float(np.mean(masked / size))
     print(f"token objective: mean masked fraction {mean:.4f} over {len(size)} examples")
     assert 0.15 <= mean < 0.18
+
+
+def test_a_text_cap_lets_rows_grow_so_part_a_spans_the_official_positions():
+    """Issue 15: at T = 512 the budget rule cuts the text to T - 2k, so Part A ends
+    near position 418 and the positions above are never trained. Official rows grow
+    to n + 2k instead (Part A up to ~459 on average, 471 at most, for windows of 512).
+    The text cap C = 512 with rows of T = 576 gives the official rule back."""
+    texts = random_windows(600, 512)
+    capped = run(texts, 576, TOKEN, text_cap=512)
+    d = decode(capped, texts)
+    np.testing.assert_array_equal(d.text_len, np.minimum(512, 576 - 2 * d.num_spans))
+    assert (d.text_len == 512).mean() > 0.99 and capped["length"].max() <= 576
+    assert capped["position_ids"].max() <= 511  # the model's 512 positions suffice
+    last_a = capped["sep"] - 1  # Part A's last position
+    budget = run(random_windows(600, 510), 512, TOKEN)
+    last_budget = budget["sep"] - 1
+    print(f"Part A's last position, T=512 budget rule: mean {last_budget.mean():.1f}, max {last_budget.max()}; "
+          f"text cap 512 in rows of 576: mean {last_a.mean():.1f}, max {last_a.max()} (official ~459 / 471)")
+    assert last_budget.max() < 440 and last_a.max() >= 460 and 450 <= last_a.mean() <= 470
+    # The masked fraction and span statistics are those of the official rule.
+    assert 0.15 <= float(np.mean(d.masked() / d.text_len)) < 0.16
 
 
 def test_token_span_lengths_are_truncated_poisson(token_run):

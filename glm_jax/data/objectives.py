@@ -22,7 +22,9 @@ Deviations from the official ``ConstructBlockStrategy`` (documented choices):
 * The objective is drawn per example, not once per batch.
 * Examples never exceed ``T``: the window is cut to ``T - 2k`` tokens while choosing
   ``k`` spans (officially the example may grow to ``n + 2k``); the ratio is of the
-  cut length.
+  cut length. With ``sequence_length["text"] = C`` (``data.text_length``) the text is
+  also capped at ``C`` and rows of ``T = C + budget`` grow to ``C + 2k`` as the
+  official ones do (glm_jax/data/spans.py, "Length budget").
 * The document objective draws its length per example, not one maximum per batch.
 * Spans never cover a ``[CLS]`` or eos (officially only the ``[CLS]`` after a
   document boundary and the sample's last token are excluded).
@@ -148,11 +150,14 @@ def make_example_fn(
     command_tokens: CommandTokens,
     config: ObjectiveConfig = GLM_BASE,
     sentence_end: Optional[np.ndarray] = None,
+    text_cap: Optional[int] = None,
 ) -> Callable[[tf.Tensor, tf.Tensor], Example]:
     """The per-example map: ``(text int32 [n], seed [2]) -> example`` (see module doc).
 
     Args:
       seq_len: ``T``; every example has at most ``T`` tokens.
+      text_cap: the most text tokens, so Part A's positions stay below it
+        (glm_jax/data/spans.py, "Length budget"); None: ``T``.
       command_tokens: the vocabulary's command-token ids.
       config: the objective mixture.
       sentence_end: bool ``[vocab]``, needed when ``config.sentence_prob > 0``.
@@ -168,20 +173,22 @@ def make_example_fn(
 
     def token(text: tf.Tensor, seed: tf.Tensor) -> Blanks:
         chosen = spans.token_spans(
-            text, seq_len, seed, barrier_ids=barriers, ratio=config.mask_ratio, length_pmf=length_pmf
+            text, seq_len, seed, barrier_ids=barriers, ratio=config.mask_ratio, length_pmf=length_pmf,
+            text_cap=text_cap,
         )
         return Blanks(chosen, tf.constant(ct.mask), no, yes)
 
     def sentence(text: tf.Tensor, seed: tf.Tensor) -> Blanks:
         chosen = spans.sentence_spans(
-            text, seq_len, seed, barrier_ids=barriers, sentence_end=sentence_table, ratio=config.sentence_ratio
+            text, seq_len, seed, barrier_ids=barriers, sentence_end=sentence_table, ratio=config.sentence_ratio,
+            text_cap=text_cap,
         )
         return Blanks(chosen, tf.constant(smask), no, no)
 
     def document(text: tf.Tensor, seed: tf.Tensor) -> Blanks:
         gen = spans.generation_span(
             text, seq_len, seed, barrier_ids=barriers, min_ratio=config.gpt_min_ratio,
-            suffix_prob=config.gpt_infill_prob,
+            suffix_prob=config.gpt_infill_prob, text_cap=text_cap,
         )
         # A span of length 0 (windows of < 3 tokens) is no span: Part A only.
         count = tf.minimum(gen.length, 1)
@@ -263,7 +270,9 @@ def blank_infilling(
     Returns:
       A dataset of GLM examples.
     """
-    example_fn = make_example_fn(sequence_length["tokens"], command_tokens, config, sentence_end)
+    # sequence_length["text"] (data.text_length), when given, caps the text.
+    example_fn = make_example_fn(sequence_length["tokens"], command_tokens, config, sentence_end,
+                                 sequence_length.get("text"))
 
     @seqio.map_over_dataset(num_seeds=1)
     def apply(features: Mapping[str, tf.Tensor], seed: tf.Tensor) -> Example:

@@ -50,6 +50,12 @@ class DataConfig:
         ``MIXTURE_OR_TASK_MODULE``): dotted names on ``sys.path`` or ``.py`` files.
         The default registers glm-jax's built-in tasks (the ``tasks`` package).
       sequence_length: tokens per row, T.
+      text_length: the most text tokens of a pretraining example, C (so Part A's
+        positions stay below C), and the length of its windows; rows of T > C then
+        grow to C + 2k as the official ones do (k spans, each adding ``[sop]`` and
+        ``[eop]``), up to T. The paper presets use C = 512 and T = 576, which puts
+        Part A over the official position range. None: C = T, and the text
+        shrinks to leave Part B room (positions near T are then never trained).
       pack: pack several examples per row (segment ids + Part A flags).
       seed: seeds seqio's shuffling and every example's blank choice.
       shuffle_buffer: examples in seqio's shuffle buffer.
@@ -71,6 +77,7 @@ class DataConfig:
     task: str = DEFAULT_TASK
     task_modules: tuple[str, ...] = DEFAULT_TASK_MODULES
     sequence_length: int = 128
+    text_length: Optional[int] = None
     pack: bool = False
     seed: int = 0
     shuffle_buffer: int = 10_000
@@ -108,6 +115,15 @@ class DataConfig:
                 object.__setattr__(self, "eval_split", None)
         require_at_least("data", self, 8, "sequence_length")
         require_at_least("data", self, 1, "shuffle_buffer")
+        require_at_least("data", self, 8, "text_length", or_null=True)
+        if self.text_length is not None and self.text_length > self.sequence_length:
+            raise ValueError(f"data.text_length={self.text_length} exceeds data.sequence_length="
+                             f"{self.sequence_length}: rows must hold the text")
+
+    @property
+    def position_range(self) -> int:
+        """Position ids of pretraining rows stay below this (the text cap or T)."""
+        return self.text_length or self.sequence_length
 
 
 class DataError(ValueError):
@@ -271,6 +287,8 @@ def _dataset(config: DataConfig, split: str, local_batch: int, *, train: bool, s
     vocabulary = provider.output_features["targets"].vocabulary
     index, count = shard if shard is not None else (0, 1)
     sequence_length = {"tokens": config.sequence_length, "targets": config.sequence_length}
+    if config.text_length is not None:
+        sequence_length["text"] = config.text_length  # read by the windows and objectives
     # A mixture's get_dataset takes no shuffle buffer size: each of its tasks shuffles
     # with the buffer it was registered with (register_pretraining_tasks'
     # shuffle_buffer_size), and data.shuffle_buffer does not apply.

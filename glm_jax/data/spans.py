@@ -9,10 +9,15 @@ plus the length ``L <= n`` the window is cut to. Spec: glm_spec.md sections 2.2,
 ``L + 2k`` tokens (each span leaves one mask token in Part A and adds ``[sop]`` /
 ``[eop]`` around its copy in Part B), or ``L + 1`` for suffix generation. The
 official code lets that exceed the sequence length; here every objective cuts the
-window to ``L = min(n, T - 2k)`` (``T - 1`` for suffix generation) while it chooses
-the spans, so that an example never exceeds ``T``. The mask ratio is taken of the cut
-length ``L``. What is cut off the window's end is dropped (about ``2k - 2`` tokens per
-token-level window when windows hold ``T - 2`` tokens; see glm_jax/data/windows.py).
+window to ``L = min(n, C, T - 2k)`` (``T - 1`` for suffix generation) while it
+chooses the spans, so that an example never exceeds the row length ``T``. ``C``,
+the text cap (``data.text_length``), bounds the text, and so the positions, on its
+own: with ``T = C + 64`` and windows of ``C`` tokens, rows grow to ``C + 2k`` as the
+official ones do and Part A spans the official position range; without it
+(``C = T``) the text shrinks to make room for Part B. The mask ratio is taken of
+the cut length ``L``. What is cut off the window's end is dropped (about ``2k - 2``
+tokens per token-level window when windows hold ``T - 2`` tokens; see
+glm_jax/data/windows.py).
 
 **Never masked.** Position 0 (``[CLS]``), the window's last token, and every
 ``[CLS]`` and eos inside it ("barriers"): spans lie inside one document's text.
@@ -25,7 +30,7 @@ All randomness is ``tf.random.stateless_*`` keyed by the ``seed`` argument
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -121,6 +126,11 @@ def _uniform_below(seed: tf.Tensor, bound: tf.Tensor) -> tf.Tensor:
 # --------------------------------------------------------------------------- token
 
 
+def _cap(seq_len: int, text_cap: Optional[int]) -> int:
+    """The most text tokens: ``C`` (at most ``T``), or ``T`` without a cap."""
+    return seq_len if text_cap is None else min(text_cap, seq_len)
+
+
 def token_spans(
     text: tf.Tensor,
     seq_len: int,
@@ -129,13 +139,14 @@ def token_spans(
     barrier_ids: Sequence[int],
     ratio: float,
     length_pmf: np.ndarray,
+    text_cap: Optional[int] = None,
 ) -> Spans:
     """Token-level blanks: Poisson span lengths until ``int(ratio * L)`` tokens are masked.
 
     Lengths are drawn i.i.d. from ``length_pmf`` (already a random order, as the
     official ``generate_blank_data`` shuffles them). The ``j``-th draw would cut the
-    window to ``L_j = min(n, T - 2j)``; we stop at the first ``k`` whose lengths sum
-    to at least ``int(ratio * L_k)``. The spans are then placed by :func:`place_spans`.
+    window to ``L_j = min(n, C, T - 2j)``; we stop at the first ``k`` whose lengths
+    sum to at least ``int(ratio * L_k)``. The spans are then placed by :func:`place_spans`.
 
     Args:
       text: int32 ``[n]``, the window.
@@ -144,19 +155,21 @@ def token_spans(
       barrier_ids: ids never masked nor crossed ([CLS], eos).
       ratio: the mask ratio (official ``bert_ratio`` 0.15), < 0.5.
       length_pmf: ``[max_len]`` probabilities of lengths ``1..max_len``.
+      text_cap: ``C``, the most text tokens (module docstring); None: ``T``.
 
     Returns:
       :class:`Spans`.
     """
     length_seed, place_seed = _split(seed, 2)
+    cap = _cap(seq_len, text_cap)
     n = tf.size(text)
     # k spans mask >= k tokens and the target never exceeds int(ratio * T): this many
     # draws always reach it.
-    max_spans = max(1, int(ratio * seq_len))
+    max_spans = max(1, int(ratio * cap))
     u = tf.random.stateless_uniform([max_spans], length_seed, dtype=tf.float64)
     draws = tf.searchsorted(_inverse_cdf(length_pmf), u, side="right", out_type=tf.int32) + 1
     j = tf.range(max_spans + 1)
-    text_len_j = tf.minimum(n, seq_len - 2 * j)
+    text_len_j = tf.minimum(tf.minimum(n, cap), seq_len - 2 * j)
     masked_j = tf.concat([[0], tf.cumsum(draws)], 0)
     reached = tf.cast(masked_j >= _floor_ratio(text_len_j, ratio), tf.int32)
     k = tf.argmax(reached, output_type=tf.int32)  # the first j that reaches the target
@@ -276,13 +289,14 @@ def sentence_spans(
     barrier_ids: Sequence[int],
     sentence_end: tf.Tensor,
     ratio: float,
+    text_cap: Optional[int] = None,
 ) -> Spans:
     """Sentence-level blanks: whole sentences in random order until ``int(ratio * L)``.
 
     A sentence runs up to and including a token whose ``sentence_end`` flag is set,
     or up to a barrier (an eos resets, spec 3.2). Sentences touching position 0 or
     the last token of the cut window are not eligible. With ``k`` sentences the
-    window is cut to ``L_k = min(n, T - 2k)``; for every candidate ``k`` (one
+    window is cut to ``L_k = min(n, C, T - 2k)``; for every candidate ``k`` (one
     ``[S+1, S]`` op) we take the first ``k`` eligible sentences of a random
     permutation and keep the smallest ``k`` that covers ``int(ratio * L_k)``. If
     none does, all eligible sentences of the largest feasible ``k`` are taken.
@@ -295,11 +309,13 @@ def sentence_spans(
       barrier_ids: ids that end a sentence and are never masked ([CLS], eos).
       sentence_end: bool ``[vocab]``, True for tokens that end a sentence.
       ratio: the covered ratio (official ``gap_sentence_ratio`` 0.15).
+      text_cap: ``C``, the most text tokens; None: ``T``.
 
     Returns:
       :class:`Spans`.
     """
     n = tf.size(text)
+    cap = _cap(seq_len, text_cap)
     inside = (tf.range(n) >= 1) & ~_is_barrier(text, barrier_ids)
     is_end = tf.gather(sentence_end, text) & inside
     first = inside & (~_shift_right(inside, False) | _shift_right(is_end, False))
@@ -313,7 +329,7 @@ def sentence_spans(
 
     num = tf.size(starts)
     k = tf.range(num + 1)
-    text_len_k = tf.minimum(n, seq_len - 2 * k)  # [S+1]
+    text_len_k = tf.minimum(tf.minimum(n, cap), seq_len - 2 * k)  # [S+1]
     eligible = p_end[None, :] <= text_len_k[:, None] - 2  # [S+1, S]
     rank = tf.cumsum(tf.cast(eligible, tf.int32), axis=1)
     chosen = eligible & (rank <= k[:, None])
@@ -343,13 +359,14 @@ def generation_span(
     barrier_ids: Sequence[int],
     min_ratio: float,
     suffix_prob: float,
+    text_cap: Optional[int] = None,
 ) -> GenerationSpan:
     """Document-level blank: one span of ``U{int(min_ratio * L), L - 2}`` tokens.
 
     With probability ``suffix_prob`` (official ``gpt_infill_prob``), or always when
     the window holds more than one document, the span is the window's suffix
-    (generated after ``[gMASK]``, ``L = min(n, T - 1)``); otherwise it sits at a
-    uniform place in ``[1, L - 2]`` (``L = min(n, T - 2)``). The official code draws
+    (generated after ``[gMASK]``, ``L = min(n, C, T - 1)``); otherwise it sits at a
+    uniform place in ``[1, L - 2]`` (``L = min(n, C, T - 2)``). The official code draws
     one maximum length per batch; here each example draws its own.
 
     Args:
@@ -359,12 +376,13 @@ def generation_span(
       barrier_ids: ids that separate documents ([CLS], eos).
       min_ratio: official ``gpt_min_ratio`` (0.5).
       suffix_prob: probability of suffix generation for a one-document window.
+      text_cap: ``C``, the most text tokens; None: ``T``.
 
     Returns:
       :class:`GenerationSpan`.
     """
     mode_seed, length_seed, place_seed = _split(seed, 3)
-    n = tf.size(text)
+    n = tf.minimum(tf.size(text), _cap(seq_len, text_cap))
     infill_len = tf.minimum(n, seq_len - 2)
     several_docs = tf.reduce_any(_is_barrier(text[1 : infill_len - 1], barrier_ids))
     coin = tf.random.stateless_uniform([], mode_seed)

@@ -53,6 +53,8 @@ def document_windows(
       dataset: documents ``{text_key: int [m]}``, tokenized, without eos; other
         features are dropped.
       sequence_length: task feature lengths; ``length`` defaults to
+        ``sequence_length['text']`` (the text cap, ``data.text_length``: windows as
+        long as the official samples) or else
         ``default_window_length(sequence_length['tokens'])``.
       command_tokens: gives the ``[CLS]`` and eos ids.
       length: tokens per window, ``[CLS]`` included (>= 2).
@@ -65,7 +67,7 @@ def document_windows(
     if length is None:
         if not sequence_length or "tokens" not in sequence_length:
             raise ValueError("give the window length or sequence_length['tokens']")
-        length = default_window_length(sequence_length["tokens"])
+        length = sequence_length.get("text") or default_window_length(sequence_length["tokens"])
     if length < 2:
         raise ValueError(f"window length must be >= 2, got {length}")
     cls, eos = command_tokens.cls, command_tokens.eos
