@@ -481,3 +481,36 @@ def test_sentence_objective_runs_on_the_real_official_vocabularies(tmp_path, kin
         span_last = [targets[i] for i in range(len(loss) - 1) if loss[i] and not loss[i + 1]]
         assert all(mask[t] or t == ct.eop for t in span_last), span_last
     assert np.mean([row["loss_mask"].sum() for row in rows]) > 3
+
+
+@pytest.mark.skipif(not SHARED_VOCAB.is_dir(), reason=f"the real tokenizer files are not at {SHARED_VOCAB}")
+def test_real_vocabularies_equal_the_reference_tokenizers_on_real_text():
+    """Issue 15: on 3,000 lines of real English (the embedded corpus' docstrings),
+    glm-jax's BERT and GPT-2 encodings equal those of the `tokenizers` library's
+    reference implementations built from the same files (BERT: lower-casing, accent
+    stripping, wordpiece; GPT-2: byte-level BPE and its pre-tokenisation), and
+    decoding gives their text back."""
+    from tokenizers.implementations import BertWordPieceTokenizer, ByteLevelBPETokenizer
+
+    from glm_jax.data import corpus
+
+    lines = [line.strip() for doc in corpus.extract_documents() for line in doc.text.splitlines() if line.strip()]
+    lines = lines[:3000]
+    assert len(lines) == 3000
+
+    bert = official_vocabulary("bert", SHARED_VOCAB / "bert_base_uncased")
+    bert_ref = BertWordPieceTokenizer(str(SHARED_VOCAB / "bert_base_uncased" / "vocab.txt"), lowercase=True)
+    gpt2 = official_vocabulary("gpt2", SHARED_VOCAB / "gpt2")
+    gpt2_ref = ByteLevelBPETokenizer(str(SHARED_VOCAB / "gpt2" / "vocab.json"), str(SHARED_VOCAB / "gpt2" / "merges.txt"))
+    for line in lines:
+        ids = bert.encode(line)
+        assert ids == bert_ref.encode(line, add_special_tokens=False).ids, line
+        # [UNK] decodes to its text, as the official DecodeIds (the reference skips it by default).
+        assert bert.decode(ids) == bert_ref.decode(ids, skip_special_tokens=False), line
+        ids = gpt2.encode(line)
+        assert ids == gpt2_ref.encode(line).ids, line
+        assert gpt2.decode(ids) == line
+    # Command tokens written in the text are their ids, between ordinary words.
+    ct = bert.command_tokens
+    assert bert.encode("[CLS] a [MASK] b") == [ct.cls, *bert.encode("a"), ct.mask, *bert.encode("b")]
+    assert bert.encode("[CLS] a [MASK] b") == bert_ref.encode("[CLS] a [MASK] b", add_special_tokens=False).ids
