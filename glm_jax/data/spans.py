@@ -19,8 +19,11 @@ the cut length ``L``. What is cut off the window's end is dropped (about ``2k - 
 tokens per token-level window when windows hold ``T - 2`` tokens; see
 glm_jax/data/windows.py).
 
-**Never masked.** Position 0 (``[CLS]``), the window's last token, and every
-``[CLS]`` and eos inside it ("barriers"): spans lie inside one document's text.
+**Never masked.** Position 0 (``[CLS]``), every ``[CLS]`` and eos inside the window
+("barriers"): spans lie inside one document's text; and, for the token and
+document objectives, the window's last token (the official sample's last token).
+The sentence objective may take the window's final sentence, as the official
+``sentence_spans`` list does.
 Between two token-level spans there is at least one unmasked token.
 
 All randomness is ``tf.random.stateless_*`` keyed by the ``seed`` argument
@@ -294,8 +297,8 @@ def sentence_spans(
     """Sentence-level blanks: whole sentences in random order until ``int(ratio * L)``.
 
     A sentence runs up to and including a token whose ``sentence_end`` flag is set,
-    or up to a barrier (an eos resets, spec 3.2). Sentences touching position 0 or
-    the last token of the cut window are not eligible. With ``k`` sentences the
+    or up to a barrier (an eos resets, spec 3.2), or up to the cut window's end (the
+    final sentence, eligible as officially). Position 0 is never in a sentence. With ``k`` sentences the
     window is cut to ``L_k = min(n, C, T - 2k)``; for every candidate ``k`` (one
     ``[S+1, S]`` op) we take the first ``k`` eligible sentences of a random
     permutation and keep the smallest ``k`` that covers ``int(ratio * L_k)``. If
@@ -330,7 +333,7 @@ def sentence_spans(
     num = tf.size(starts)
     k = tf.range(num + 1)
     text_len_k = tf.minimum(tf.minimum(n, cap), seq_len - 2 * k)  # [S+1]
-    eligible = p_end[None, :] <= text_len_k[:, None] - 2  # [S+1, S]
+    eligible = p_end[None, :] <= text_len_k[:, None] - 1  # [S+1, S]: inside the cut window
     rank = tf.cumsum(tf.cast(eligible, tf.int32), axis=1)
     chosen = eligible & (rank <= k[:, None])
     count = tf.reduce_sum(tf.cast(chosen, tf.int32), axis=1)
