@@ -101,7 +101,7 @@ PIECES: dict[tuple[str, int], tuple[list[Any], list[Any]]] = {
     ("CB", 1): (["It was wet", "?"], [MASK, ",", " It rained."]),
     ("CB", 2): (['"', "It was wet", '" ?'], [MASK, '. "', "It rained.", '"']),
     ("CB", 3): (["It was wet", "?"], [MASK, ".", " It rained."]),
-    ("CB", 4): (["It rained.", " question:", " It was wet", " true, false or neither?", " answer:", MASK], []),
+    ("CB", 4): (["It rained.", " question:", " It was wet.", " true, false or neither?", " answer:", MASK], []),
     ("RTE", 0): (['"', "It was wet", '" ?'], [MASK, ",", ' "', "It rained.", '"']),
     ("RTE", 1): (["It was wet", "?"], [MASK, ",", " It rained."]),
     ("RTE", 2): (['"', "It was wet", '" ?'], [MASK, '. "', "It rained.", '"']),
@@ -384,3 +384,38 @@ def test_wsc_pronoun_glued_to_punctuation_is_split_off(tmp_path: Path):
     (example,) = read_split(tmp_path, "WSC", "validation")
     assert example.fields["text"] == 'Sam said "I told him ," and left.'
     assert example.fields["text"].split()[example.fields["span2_index"]] == "him"
+
+
+def test_official_details_of_issue_15_item_6(tmp_path):
+    """ReCoRD candidates in the official order (a sorted set), COPA text as written
+    (the official COPA reader does not standardise punctuation), and WiC pattern 2 in
+    one part where only the first sentence may be cut."""
+    record = {"idx": 0, "passage": {"text": "Putin met Obama and Putin smiled.", "entities": [
+        {"start": 0, "end": 4}, {"start": 10, "end": 14}, {"start": 20, "end": 24}]},
+        "qas": [{"query": "@placeholder spoke.", "idx": 1, "answers": [{"start": 10, "end": 14, "text": "Obama"}]}]}
+    write(tmp_path, "ReCoRD", "validation", [record])
+    [ex] = read_split(tmp_path, "ReCoRD", "validation")
+    assert ex.candidates == ("Obama", "Putin")  # passage order would give Putin first
+
+    copa = {**DATA["COPA"][0], "choice1": "He said \u201chi\u201d.", "premise": "The man \u2013 fell."}
+    write(tmp_path, "COPA", "validation", [copa])
+    [ex] = read_split(tmp_path, "COPA", "validation")
+    assert ex.candidates[0] == "He said \u201chi\u201d." and ex.fields["premise"] == "The man \u2013 fell."
+    # The other readers standardise (RTE here).
+    write(tmp_path, "RTE", "validation", [{**DATA["RTE"][0], "premise": "It \u201crained\u201d."}])
+    assert read_split(tmp_path, "RTE", "validation")[0].fields["premise"] == 'It "rained".'
+
+    first_text = "The bank is open " + "every day " * 6 + "."
+    second_text = "A river bank " + "by the water " * 7 + "."  # the longer one: cut first if it could be
+    write(tmp_path, "WiC", "validation", [{**DATA["WiC"][0], "sentence1": first_text, "sentence2": second_text}])
+    [ex] = read_split(tmp_path, "WiC", "validation")
+    vocab = FakeVocab()
+    out = inputs.encode_example("WiC", ex, vocab, pattern_id=2, max_seq_length=52)
+    tokens = [int(t) for t in out["tokens"]]
+
+    def contains(text):
+        ids = [vocab.id(t) for t in vocab.tokenize(text)]
+        return any(tokens[i:i + len(ids)] == ids for i in range(len(tokens)))
+
+    assert contains(second_text)  # the second sentence is kept whole
+    assert contains("The bank is open every day") and not contains(first_text)  # the first is cut

@@ -121,14 +121,17 @@ def _boolq_verbalizer(pid: int) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- RTE and CB
 
 
-def _entailment_parts(question_4: str) -> Callable[[Example, int], Parts]:
-    """RTE and CB share patterns 0-3; pattern 4 differs only in its question."""
+def _entailment_parts(question_4: str, raw_hypothesis_4: bool = False) -> Callable[[Example, int], Parts]:
+    """RTE and CB share patterns 0-3; pattern 4 differs in its question, and CB's
+    keeps the hypothesis' punctuation (the official CbPVP overrides pattern 4 with
+    the raw text)."""
 
     def parts(ex: Example, pid: int) -> Parts:
         premise = _str(ex, "premise")
         # The official code strips the hypothesis' final punctuation for every
-        # pattern (the spec notes it on pattern 0); "?" follows it in 0-3.
-        hypothesis = remove_final_punc(_str(ex, "hypothesis"))
+        # pattern (the spec notes it on pattern 0) but CB's 4; "?" follows it in 0-3.
+        raw = _str(ex, "hypothesis")
+        hypothesis = raw if (pid == 4 and raw_hypothesis_4) else remove_final_punc(raw)
         quoted_a = [_f('"'), _s(hypothesis), _f('" ?')]
         plain_a = [_s(hypothesis), _f("?")]
         if pid == 0:
@@ -163,11 +166,9 @@ def _wic_parts(ex: Example, pid: int) -> Parts:
         return [_s(f'"{s1}" / "{s2}"'), _f(f' Similar sense of "{word}"?'), _f(MASK), _f(".")], []
     if pid == 1:
         return [_s(s1), _s(" " + s2), _f(f" Does {word} have the same meaning in both sentences?"), _f(MASK)], []
-    # Pattern 2 puts the second sentence in Part B (it matters only to truncation).
-    return (
-        [_f(word), _f(" ."), _f(' Sense (1) (a) "'), _s(s1), _f('"')],
-        [_f(" ("), _f(MASK), _f(') "'), _s(s2), _f('"')],
-    )
+    # Pattern 2, as officially: one part, and only the first sentence may be cut.
+    return [_f(word), _f(" ."), _f(' Sense (1) (a) "'), _s(s1), _f('"'), _f(" ("), _f(MASK), _f(') "'), _f(s2),
+            _f('"')], []
 
 
 def _wic_verbalizer(pid: int) -> tuple[str, ...]:
@@ -260,7 +261,7 @@ TASK_PATTERNS: Mapping[str, TaskPatterns] = {
     t.name: t
     for t in (
         TaskPatterns("BoolQ", tuple(range(6)), 4, 256, _boolq_parts, verbalizers=_boolq_verbalizer),
-        TaskPatterns("CB", tuple(range(5)), 3, 256, _entailment_parts(" true, false or neither?"),
+        TaskPatterns("CB", tuple(range(5)), 3, 256, _entailment_parts(" true, false or neither?", raw_hypothesis_4=True),
                      verbalizers=_cb_verbalizer),
         TaskPatterns("RTE", tuple(range(5)), 0, 256, _entailment_parts(" True or False?"),
                      verbalizers=_rte_verbalizer),

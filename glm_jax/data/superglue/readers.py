@@ -117,6 +117,10 @@ class _Record:
     def text(self, key: str) -> str:
         return punctuation_standardization(self.get(key, str))
 
+    def raw_text(self, key: str) -> str:
+        """The field as written: the official COPA reader does not standardise punctuation."""
+        return self.get(key, str)
+
     def child(self, key: str) -> "_Record":
         return _Record(self.get(key, dict), self.where, f"{self.prefix}{key}.")
 
@@ -189,9 +193,10 @@ def _copa(r: _Record, split: str, labelled: bool) -> list[Example]:
     question = r.get("question", str)
     if question not in ("cause", "effect"):
         raise r._fail("question", f"{question!r} is not 'cause' or 'effect'")
-    c1, c2 = r.text("choice1"), r.text("choice2")
+    # As read: the official COPA reader, unlike the others, keeps the punctuation.
+    c1, c2 = r.raw_text("choice1"), r.raw_text("choice2")
     label = r.label("label", (0, 1), labelled)
-    fields = {"premise": r.text("premise"), "question": question}
+    fields = {"premise": r.raw_text("premise"), "question": question}
     out = [Example(_guid(split, r), {**fields, "choice1": c1, "choice2": c2}, label, (c1, c2))]
     if split == "train":
         # Mirror augmentation (spec 4.1): the same question with the choices swapped.
@@ -274,7 +279,7 @@ def _record(r: _Record, split: str, labelled: bool, rng: random.Random) -> list[
         if not 0 <= start <= end < len(text):
             raise e._fail("end", f"span [{start}, {end}] is outside the passage of {len(text)} characters")
         entities.append(text[start : end + 1])  # ReCoRD's ends are inclusive
-    entities = list(dict.fromkeys(entities))
+    entities = sorted(set(entities))  # the official order: a sorted set
     out = []
     for q in r.children("qas"):
         query = q.text("query")

@@ -10,10 +10,8 @@ sampled negatives, MultiRC one example per answer option with its question group
 * :class:`TfdsLoader`: TFDS ``super_glue/<config>`` (prepared in ``tfds_data_dir``;
   nothing is downloaded). Each TFDS example is mapped back to the official JSONL
   record (:func:`tfds_to_record`) and goes through the same per-task readers, so
-  validation and data details are shared. Differences that come from TFDS itself:
-  ReCoRD entities come sorted alphabetically (the JSONL reader keeps passage order),
-  so candidate order and the sampled train negatives differ; the metrics do not
-  depend on candidate order. WSC uses the ``wsc`` config (the raw release, whose
+  validation and data details are shared (ReCoRD's entities are a sorted set in
+  both, as officially). WSC uses the ``wsc`` config (the raw release, whose
   off-by-one spans the reader repairs, as the official GLM code does).
 
 :class:`SuperGLUESource` holds one task's examples per split in memory (read on
