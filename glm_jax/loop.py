@@ -49,6 +49,7 @@ PEAK_TFLOPS = {
     "TPU v4": 275.0,
     "TPU v5 lite": 197.0,
     "TPU v5p": 459.0,
+    "TPU v5": 459.0,  # what libtpu's v5p devices report as device_kind (v5e is "TPU v5 lite")
     "TPU v6 lite": 918.0,
 }
 

@@ -45,6 +45,18 @@ def evaluate(
     return {"loss": sums["ce"] / tokens, "accuracy": sums["correct"] / tokens, "loss_tokens": sums["loss_tokens"]}
 
 
+def train_step_for(config: Config, mesh) -> tuple[Any, Callable, Callable]:
+    """``(optimizer, schedule, jitted train step)`` of a pretraining run on ``mesh``:
+    what ``glm-jax train`` runs and ``glm-jax compile`` compiles for a TPU slice."""
+    tc = config.train
+    optimizer, schedule = make_optimizer(config.optimizer)
+    train_step = train.make_train_step(
+        config.model, optimizer, mesh, loss=train.TokenLoss(), schedule=schedule,
+        num_microbatches=tc.num_microbatches, seed=tc.seed, skip_nonfinite=tc.on_nonfinite == "skip_step",
+    )
+    return optimizer, schedule, train_step
+
+
 def run(
     config: Config,
     train_data: Iterator[Batch],
@@ -64,11 +76,7 @@ def run(
     """
     tc = config.train
     mesh = sharding.mesh_from_config(config.mesh)
-    optimizer, schedule = make_optimizer(config.optimizer)
-    train_step = train.make_train_step(
-        config.model, optimizer, mesh, loss=train.TokenLoss(), schedule=schedule,
-        num_microbatches=tc.num_microbatches, seed=tc.seed, skip_nonfinite=tc.on_nonfinite == "skip_step",
-    )
+    optimizer, _, train_step = train_step_for(config, mesh)
     eval_step = train.make_eval_step(config.model, mesh)
     try:
         data_state = as_iterator_state(train_data)

@@ -60,16 +60,26 @@ TABLE: dict[str, Command] = {
     ),
     "finetune": Command(
         "glm_jax.cli.finetune",
-        help="fine-tune a model directory on a SuperGLUE task as cloze (spec 4.3), keeping the best epoch",
-        description="Fine-tune on a SuperGLUE task as cloze: configs/finetune/<task>.yaml over the model "
-        "directory's config; evaluates each epoch, exports the best model to <output_dir>/best, resumes.",
+        help="fine-tune a model directory on a SuperGLUE task as cloze (spec 4.3) or on a seq2seq task "
+        "(spec 4.4), keeping the best epoch",
+        description="Fine-tune on a SuperGLUE task as cloze, or on a conditional-generation task (cnn_dm, xsum, "
+        "gigaword, squad_qg, yahoo_blank): configs/finetune/<task>.yaml over the model directory's config; "
+        "evaluates each epoch, exports the best model to <output_dir>/best, resumes.",
     ),
     "eval": Command(
         "glm_jax.cli.evaluate",
-        help="score a model directory on a SuperGLUE task as cloze, or zero-shot on LAMBADA / perplexity",
+        help="score a model directory on a SuperGLUE task as cloze, a seq2seq task by decoding (ROUGE/BLEU), "
+        "or zero-shot on LAMBADA / perplexity",
         description="Evaluate on a SuperGLUE task as cloze (seqio metrics; prints a metric table and "
         "writes the predictions with their example ids), or zero-shot (spec 4.5): LAMBADA last-word "
         "accuracy or perplexity with overlapping windows.",
+    ),
+    "compile": Command(
+        "glm_jax.cli.compile",
+        help="compile a config's train step for a TPU slice (from any host, with libtpu) and say whether it fits",
+        description="Compile the train step of a YAML config for a real TPU slice without a TPU (libtpu's "
+        "topology devices) and report per chip: state, temporaries and total memory against HBM (FITS / DOES "
+        "NOT FIT), model FLOPs, an estimated step time, the collectives, the compile time. Exit 4: does not fit.",
     ),
     "show-example": Command(
         "glm_jax.cli.show_example",

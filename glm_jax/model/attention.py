@@ -155,7 +155,7 @@ def dot_product_attention(query: Array, key: Array, value: Array, mask: Array,
         query, key, value, mask=mask, scale=1.0, implementation=impl)
     if implementation != "auto":
         return call(implementation)
-    if jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
+    if target_platform() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return call("cudnn")
         except (NotImplementedError, RuntimeError, ValueError):
@@ -205,7 +205,7 @@ def attend(
         if dropout_rate > 0:
             raise ValueError("model.attention_backend='pallas' has no attention dropout yet; "
                              "set model.attention_dropout=0 or use 'blockwise'")
-        kernel = pallas_kernel(jax.default_backend(), length, block_size)
+        kernel = pallas_kernel(target_platform(), length, block_size)
     else:
         kernel = lambda q, k, v, seg, pa, rng: blockwise.blockwise_attention(  # noqa: E731
             q, k, v, seg, pa, block_q=block, block_kv=block, dropout_rate=dropout_rate, dropout_rng=rng)
@@ -216,8 +216,18 @@ def attend(
     return _per_shard(kernel, query, key, value, pattern.segment_ids, pattern.part_a, dropout_rng)
 
 
+def target_platform() -> str:
+    """The platform the program being traced is for: that of the current mesh's
+    devices (``jax.set_mesh`` / ``use_abstract_mesh``, as the train step traces), else
+    ``jax.default_backend()``. A step compiled ahead of time for a TPU slice from a
+    CPU host so gets the TPU kernels, not the host's."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh is None or mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
+
+
 def pallas_kernel(platform: str, length: int, block_size: int, interpret: Optional[bool] = None) -> Callable:
-    """The Pallas attention kernel for ``platform`` (``jax.default_backend()``), as
+    """The Pallas attention kernel for ``platform`` (:func:`target_platform`), as
     ``kernel(q, k, v, segment_ids, part_a, rng)``; ``interpret`` (default: unless
     ``platform`` is the kernel's own) runs it in the Pallas interpreter.
 
