@@ -260,3 +260,11 @@ def test_cli_prints_text_and_writes_the_picture(test_tasks, tmp_path):
     assert f"attention mask written to {tmp_path / 'ex.png'}" in text
     with Image.open(tmp_path / "ex.png") as image:
         assert image.format == "PNG" and image.size[0] > 16 * 18
+
+
+def test_a_text_cap_lets_short_examples_share_a_packed_row(corpus_dir):
+    """What `glm-jax show-example --pack --text-length 40` shows (docs/cli.md)."""
+    row, _ = example_view.load_example("glm_pretrain_token_embedded", seq_len=128, pack=True, text_length=40)
+    assert int(row.segment_ids.max()) == 3  # three examples of <= 40 + 2k tokens in 128
+    with pytest.raises(ValueError, match="text_length must be in 8..seq_len"):
+        example_view.load_example("glm_pretrain_token_embedded", seq_len=64, text_length=100)

@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int_at_least(8), default=64,
                         help="tokens per row, T (pretraining tasks; cloze tasks have their own length)")
     parser.add_argument("--pack", action="store_true", help="pack several examples per row, as data.pack=true does")
+    parser.add_argument("--text-length", type=int_at_least(8), default=None,
+                        help="cap each example's text, as data.text_length does (with --pack: several per row)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the blank choices (data.seed)")
     parser.add_argument("--candidate", type=int_at_least(0), default=0,
                         help="multi-token cloze tasks: which candidate's row to show")
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None) -> int:
     """Run ``glm-jax show-example`` with parsed ``args``; prints to ``out`` (stdout)."""
     out = out if out is not None else sys.stdout
     row, vocab = load_example(args.task, split=args.split, index=args.index, seq_len=args.seq_len,
-                              pack=args.pack, seed=args.seed, candidate=args.candidate)
+                              pack=args.pack, seed=args.seed, candidate=args.candidate,
+                              text_length=args.text_length)
     header = f"{args.task}, split {args.split}, row {args.index}" + (" (packed)" if args.pack else "")
     print(format_example(row, vocab, header), file=out)
     if not args.no_image:

@@ -330,6 +330,7 @@ def load_example(
     pack: bool = False,
     seed: int = 0,
     candidate: int = 0,
+    text_length: Optional[int] = None,
 ) -> tuple[ExampleRow, Any]:
     """Row ``index`` of ``split`` of a registered task, and the task's vocabulary.
 
@@ -337,7 +338,9 @@ def load_example(
     ``block_position_ids``, ``sep``) go through ``GLMFeatureConverter(pack=pack)`` at
     ``seq_len`` tokens per row; cloze rows (``tokens``, ``position_ids``,
     ``block_position_ids``, ``sep``, maybe per ``candidate``) are taken as they are.
-    The data is read in order (no shuffling); ``seed`` seeds the blank choices.
+    The data is read in order (no shuffling); ``seed`` seeds the blank choices;
+    ``text_length`` caps each example's text as ``data.text_length`` does (so short
+    examples can be packed several to a row).
 
     Raises:
       ValueError: unknown task or split, too few examples, or features that are neither.
@@ -356,6 +359,10 @@ def load_example(
     # Cloze tasks (no `targets` feature) fix their own row length: a sequence length
     # would make seqio trim those rows. Pretraining tasks (`targets`) need one.
     lengths = {"tokens": seq_len, "targets": seq_len} if "targets" in provider.output_features else None
+    if lengths is not None and text_length is not None:
+        if not 8 <= text_length <= seq_len:
+            raise ValueError(f"text_length must be in 8..seq_len ({seq_len}), got {text_length}")
+        lengths["text"] = text_length
     ds = provider.get_dataset(sequence_length=lengths, split=split, shuffle=False, seed=seed, num_epochs=1)
     spec = ds.element_spec
     pad_id = vocab.command_tokens.pad

@@ -1,0 +1,185 @@
+"""Every code block of README.md and docs/*.md is checked against the code it shows.
+
+* Each ``glm-jax ...`` command (bash blocks, and ``$ glm-jax ...`` lines of printed
+  sessions) must parse with the real CLI parser; when its ``--config`` names a
+  shipped config, that config must load with the command's ``key=value``
+  overrides (unknown keys and bad values fail here, as they would for the user).
+* Each python block must parse, and every ``glm_jax`` name it imports or reads
+  from an imported ``glm_jax`` module must exist.
+
+The commands and snippets that also run end to end are run by the tests of their
+commands (tests/test_cli_*.py, test_notebook.py, ...); pod commands and files the
+user brings (``data/xsum``, ``out/glm-large``) are only checked here.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import shlex
+from dataclasses import dataclass
+
+import pytest
+
+from conftest import REPO
+from glm_jax import cli
+from glm_jax import config as config_lib
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# Commands whose --config is a run config of `train` / `compile` (a finetune config needs a model directory).
+RUN_CONFIG_COMMANDS = ("train", "compile")
+
+
+FAILS_ON_PURPOSE = "<!-- docs: these commands fail on purpose -->"
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str
+    line: int
+    lang: str
+    text: str
+    fails_on_purpose: bool = False
+
+    def where(self) -> str:
+        return f"{self.page}:{self.line}"
+
+
+def code_blocks(path) -> list[Block]:
+    text = path.read_text()
+    out = []
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+        line = text[: match.start()].count("\n") + 1
+        before = text[: match.start()].rstrip().splitlines()[-1:] or [""]
+        out.append(Block(path.relative_to(REPO).as_posix(), line, match.group(1), match.group(2),
+                         before[0].strip() == FAILS_ON_PURPOSE))
+    return out
+
+
+def glm_jax_commands(block: Block) -> list[str]:
+    """The ``glm-jax`` invocations of a block: continuation lines joined, ``$``
+    prompts, ``&&`` chains and trailing comments handled."""
+    joined = re.sub(r"\\\n\s*", " ", block.text)
+    commands = []
+    for raw in joined.splitlines():
+        line = raw.strip()
+        if block.lang != "bash" and not line.startswith("$ "):
+            continue  # printed output, not a command
+        line = line[2:] if line.startswith("$ ") else line
+        for part in re.split(r"&&|;", line):
+            part = re.split(r"\s+#", part)[0].strip()
+            if part.startswith(("glm-jax ", ".venv/bin/glm-jax ")):
+                commands.append(part)
+    return commands
+
+
+def command_problems(command: str) -> list[str]:
+    argv = shlex.split(command)[1:]
+    parser = cli.build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit:
+        return [f"does not parse: {command}"]
+    if "..." in argv:
+        return []  # an elided command (`glm-jax train ... train.steps=6`): its options parse
+    if args.command in RUN_CONFIG_COMMANDS and getattr(args, "config", None):
+        try:
+            config_lib.find_config(args.config)
+        except FileNotFoundError:
+            return []  # the user's own file
+        try:
+            config_lib.load_config(args.config, list(args.overrides))
+        except (ValueError, TypeError, FileNotFoundError) as e:
+            return [f"its config does not load ({e}): {command}"]
+    return []
+
+
+def python_problems(source: str) -> list[str]:
+    """Names a snippet takes from glm_jax that do not exist (or a syntax error)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        return [f"not valid Python: {e}"]
+    problems, modules = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("glm_jax"):
+                    try:
+                        module = importlib.import_module(alias.name)
+                    except ImportError as e:
+                        problems.append(f"import {alias.name}: {e}")
+                        continue
+                    if alias.asname:
+                        modules[alias.asname] = module
+                    else:
+                        modules.setdefault("glm_jax", importlib.import_module("glm_jax"))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("glm_jax"):
+            try:
+                module = importlib.import_module(node.module)
+            except ImportError as e:
+                problems.append(f"from {node.module}: {e}")
+                continue
+            for alias in node.names:
+                try:
+                    value = getattr(module, alias.name) if hasattr(module, alias.name) else importlib.import_module(
+                        f"{node.module}.{alias.name}")
+                except ImportError:
+                    problems.append(f"from {node.module} import {alias.name}: no such name")
+                    continue
+                if hasattr(value, "__name__") and getattr(value, "__spec__", None) is not None:
+                    modules[alias.asname or alias.name] = value  # a module: check what is read from it
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules:
+            module = modules[node.value.id]
+            if not hasattr(module, node.attr):
+                try:
+                    importlib.import_module(f"{module.__name__}.{node.attr}")
+                except ImportError:
+                    problems.append(f"{module.__name__}.{node.attr}: no such name")
+    return problems
+
+
+ALL_BLOCKS = [block for page in PAGES for block in code_blocks(page)]
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if glm_jax_commands(b)], ids=Block.where)
+def test_every_glm_jax_command_in_the_docs_parses(block):
+    if block.fails_on_purpose:  # the error examples: each must still fail (unless it reads the user's file)
+        for command in glm_jax_commands(block):
+            if "/tmp/" not in command:
+                assert command_problems(command), f"{block.where()}: meant to fail, but loads: {command}"
+        return
+    problems = [p for command in glm_jax_commands(block) for p in command_problems(command)]
+    assert not problems, f"{block.where()}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang == "python"], ids=Block.where)
+def test_every_python_snippet_in_the_docs_names_real_code(block):
+    problems = python_problems(block.text)
+    assert not problems, f"{block.where()}: " + "; ".join(problems)
+
+
+def test_the_checks_catch_a_broken_example():
+    """Breaking an example on purpose fails: a renamed function, an unknown option, an
+    unknown config key."""
+    assert python_problems("from glm_jax.decoding import infill_txt\n")
+    assert python_problems("from glm_jax import text_metrics\ntext_metrics.rogue([], [])\n")
+    assert command_problems("glm-jax generate --checkpoint d --beam-width 4 'a [MASK]'")
+    assert command_problems("glm-jax train train.stepz=3")
+    assert not command_problems("glm-jax train train.steps=3")
+    assert len(ALL_BLOCKS) > 100 and sum(b.lang == "python" for b in ALL_BLOCKS) >= 20
+
+
+def test_the_sharding_table_of_scaling_md_is_what_its_snippet_prints(capsys):
+    """docs/scaling.md prints the parameter layout of glm_tiny on a (1, 4, 2) mesh;
+    its snippet runs here (8 simulated devices) and prints every line shown."""
+    blocks = code_blocks(REPO / "docs" / "scaling.md")
+    snippet = next(b for b in blocks if b.lang == "python" and "params_layout" in b.text)
+    shown = blocks[blocks.index(snippet) - 1]
+    exec(compile(snippet.text, snippet.where(), "exec"), {})
+    printed = {" ".join(line.split()) for line in capsys.readouterr().out.splitlines()}
+    for line in shown.text.splitlines():
+        assert " ".join(line.split()) in printed, line
+
