@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from glm_jax import aot, cli
+from glm_jax import aot, cli, train_state
 from glm_jax import config as config_lib
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -35,9 +35,6 @@ def test_tiny_config_fits_a_v5e_4_and_its_state_bytes_are_the_shardings(tiny_rep
     # The state per chip, by hand: float32 parameters with AdamW's two moments, each
     # array split 4 ways along one axis when a dimension divides by 4 (all but a few
     # scalars here), plus the step and AdamW's counters.
-    from glm_jax import train_state
-    from glm_jax.optim import make_optimizer
-
     mesh = jax.sharding.Mesh(np.array(aot.slice_devices("v5e-4")).reshape(1, 4, 1), ("data", "fsdp", "tensor"))
     shapes, shardings = train_state.params_layout(config.model, mesh)
     params = sum(math.prod(s.shape) for s in jax.tree.leaves(shapes))

@@ -87,3 +87,16 @@ def test_zero_shot_input_errors_are_one_line(model, tmp_path, capsys, monkeypatc
     bad.write_text('{"text": "fine words"}\n{"txt": 1}\n')
     assert cli.main(["eval", "--task", "lambada", "--checkpoint", out, "--data-file", str(bad)]) == 2
     assert f"glm-jax: error: {bad}:2: no 'text' string field" in capsys.readouterr().err
+
+
+def test_held_out_blanks_report_through_the_cli(model, tmp_path, capsys):
+    """`glm-jax eval --task blanks`: the model's guesses for one blanked word per
+    held-out sentence against a word-frequency baseline."""
+    out = str(model[0])
+    data = tmp_path / "sentences.txt"
+    data.write_text("\n".join(DOCUMENTS + PASSAGES) + "\n")
+    capsys.readouterr()
+    assert cli.main(["eval", "--task", "blanks", "--checkpoint", out, "--data-file", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out blanks:" in printed and "word-frequency baseline top-1" in printed
+    assert cli.main(["eval", "--task", "blanks", "--checkpoint", out, "--data-file", str(tmp_path / "no")]) == 2

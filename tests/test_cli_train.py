@@ -64,22 +64,26 @@ def test_bad_override_is_a_one_line_error(capsys):
     assert "unknown key 'train.stepz'" in err and "Traceback" not in err
 
 
-def test_readme_main_generate_command_runs_as_written(trained, tmp_path, monkeypatch, capsys):
-    """The README's main job ends with a `glm-jax generate` on runs/embedded_default/model;
-    run that command verbatim against the model trained here (small settings)."""
+def test_readme_main_command_ends_as_written(trained, tmp_path, monkeypatch, capsys):
+    """The README's main job ends with `glm-jax eval --task blanks` on
+    runs/embedded_default/model; run that command verbatim against the model trained
+    here (small settings): it prints the held-out blanks and the accuracy against the
+    word-frequency baseline."""
     import shlex
 
     from test_readme import readme_commands
 
     main = next(c for c in readme_commands() if "glm-jax train" in c)
-    generate = main[main.index(".venv/bin/glm-jax generate"):]
-    argv = shlex.split(generate)[1:]
+    last = main[main.index(".venv/bin/glm-jax eval"):]
+    argv = shlex.split(last)[1:]
     out, _ = trained
     (tmp_path / "runs" / "embedded_default").mkdir(parents=True)
     (tmp_path / "runs" / "embedded_default" / "model").symlink_to(out / "model")
     monkeypatch.chdir(tmp_path)
     assert cli.main(argv) == 0
-    assert "Return the" in capsys.readouterr().out
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("infilling accuracy over 200 blanks: model top-1")
+    assert "word-frequency baseline top-1" in lines[-1] and lines[-8].startswith("held-out blanks: 200 sentences")
 
 
 def test_train_writes_a_loss_curve(trained):

@@ -21,9 +21,10 @@ import argparse
 from pathlib import Path
 from typing import Callable
 
-from glm_jax import finetune_setup, model_dir, sharding, zero_shot
+from glm_jax import blank_report, finetune_setup, model_dir, sharding, zero_shot
 from glm_jax.cli import superglue_options
-from glm_jax.data import language_model
+from glm_jax.data import corpus, language_model
+from glm_jax.data.text_files import numbered_lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -37,12 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-ZERO_SHOT_TASKS = ("lambada", "wikitext103", "lm")
+ZERO_SHOT_TASKS = ("lambada", "wikitext103", "lm", "blanks")
 
 
 def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "zero-shot language modelling (--task lambada | wikitext103 | lm; spec 4.5)")
+        "zero-shot language modelling (--task lambada | wikitext103 | lm; spec 4.5) and held-out blanks "
+        "(--task blanks: the model's guesses against a word-frequency baseline)")
     group.add_argument("--data-file", default=None,
                        help="lambada: JSON lines with a 'text' field (default: TFDS lambada, prepared); "
                        "wikitext103: a raw token file (wiki.test.tokens); lm: plain text, one document per line")
@@ -53,10 +55,36 @@ def add_zero_shot_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--unidirectional", action="store_true",
                        help="read the context left to right in Part B (the official --unidirectional)")
     group.add_argument("--batch-size", type=int, default=8, help="rows per scoring batch")
+    group.add_argument("--num-blanks", type=int, default=200,
+                       help="blanks: held-out sentences scored (the first of the file or split, in order)")
+
+
+def run_blanks(args: argparse.Namespace, print_fn: Callable[[str], None]) -> int:
+    """The held-out blanks report (glm_jax/blank_report.py): the embedded corpus'
+    validation split against a baseline counted on its train split, or the lines of
+    ``--data-file`` (the baseline then counted on the same lines)."""
+    config, params = model_dir.load_model_dir(args.checkpoint)
+    vocabulary = model_dir.load_vocabulary(args.checkpoint)
+    if args.data_file is None:
+        embedded = corpus.embedded_corpus()
+        held_out = [d.text for d in embedded.documents("validation")]
+        training = [d.text for d in embedded.documents("train")]
+        where = "the embedded corpus (validation split; baseline counted on its train split)"
+    else:
+        if not Path(args.data_file).is_file():
+            raise FileNotFoundError(f"--data-file {args.data_file} does not exist")
+        held_out = training = [line for _, line in numbered_lines(args.data_file) if line]
+        where = f"{args.data_file} (baseline counted on the same lines)"
+    print_fn(f"blanks from {where}")
+    blank_report.run(params, config, vocabulary, held_out, training, count=args.num_blanks, print_fn=print_fn,
+                     batch_size=args.batch_size)
+    return 0
 
 
 def run_zero_shot(args: argparse.Namespace, print_fn: Callable[[str], None]) -> int:
     """LAMBADA accuracy or perplexity of ``args.checkpoint`` on ``args.data_file``."""
+    if args.task == "blanks":
+        return run_blanks(args, print_fn)
     if args.data_file is None and args.task != "lambada":
         raise ValueError(f"--task {args.task} needs --data-file (TFDS has no {args.task} data set)")
     if args.data_file is not None and not Path(args.data_file).is_file():
