@@ -10,6 +10,10 @@ gradients for a fixed cotangent; sep rows and packed rows share its shapes.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -78,8 +82,10 @@ def compiled(backend: str):
     if backend == "pallas_tpu":  # the Mosaic kernel in the interpreter, small tiles allowed there
         return with_grads(lambda q, k, v, seg, pa, mask: pallas_tpu.pallas_tpu_attention(
             q, k, v, seg, pa, block_q=BLOCK_Q, block_kv=BLOCK_KV, interpret=True))
+    # The Triton kernel compiled for real on a GPU (benchmarks/gpu_check.sh), interpreted elsewhere.
+    on_gpu = jax.default_backend() == "gpu"
     return with_grads(lambda q, k, v, seg, pa, mask: pallas_gpu.pallas_attention(
-        q, k, v, seg, pa, block_q=BLOCK_Q, block_kv=BLOCK_KV, interpret=True))
+        q, k, v, seg, pa, block_q=BLOCK_Q, block_kv=BLOCK_KV, interpret=not on_gpu))
 
 
 TOLERANCE = {jnp.float32: dict(atol=2e-5, rtol=1e-5), jnp.bfloat16: dict(atol=3e-2, rtol=3e-2)}
@@ -430,3 +436,14 @@ def test_config_checks_backend_and_block_size():
         TINY.replace(attention_block_size=12)
     for backend in ("xla", "dot_product_attention", "blockwise", "pallas"):
         assert TINY.replace(attention_backend=backend).attention_backend == backend
+
+
+def test_the_gpu_check_script_runs_dry_on_a_cpu():
+    """benchmarks/gpu_check.sh, prepared for the minutes a GPU is lent: its dry run
+    runs the same four steps at toy sizes here, so the script cannot rot unseen."""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(["bash", str(repo / "benchmarks" / "gpu_check.sh"), "--dry-run"], cwd=repo,
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "== 4/4 train step, GLM-2B" in done.stdout and done.stdout.rstrip().endswith("gpu_check: done")
