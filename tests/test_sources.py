@@ -247,3 +247,17 @@ def test_tfds_text_key_must_be_a_string_feature(tfds_dir):
     src = TfdsTextSource(TINY, text_key="n", tfds_data_dir=tfds_dir, read_only=True)
     with pytest.raises(ValueError, match=r"text_key 'n' is not a scalar string feature.*'content'"):
         src.get_dataset("train")
+
+
+def test_a_file_in_two_splits_is_refused(tmp_path):
+    """The docs' old launcher pattern: data/wiki-*.jsonl for training also matched the
+    validation file, which was then trained on."""
+    write(tmp_path / "wiki-00.jsonl", '{"text": "a"}\n')
+    val = write(tmp_path / "wiki-val.jsonl", '{"text": "b"}\n')
+    source = JsonLinesSource({"train": str(tmp_path / "wiki-*.jsonl"), "validation": str(val)})
+    with pytest.raises(ValueError, match=f"{val} is in split 'train' and in split 'validation'"):
+        source.list_shards("train")
+    with pytest.raises(ValueError, match="is in split 'validation' and in split 'train'"):
+        source.list_shards("validation")
+    ok = JsonLinesSource({"train": str(tmp_path / "wiki-0*.jsonl"), "validation": str(val)})
+    assert ok.list_shards("train") == [str(tmp_path / "wiki-00.jsonl")]

@@ -167,14 +167,21 @@ class _FileDocumentSource(ShardableSource):
     def _parse(self, path: str, line: int, lines: list[bytes]) -> str:
         """The text of one candidate; raises :class:`BadDocumentError`."""
 
-    def list_shards(self, split: str) -> Sequence[str]:
-        """The split's files, in pattern order (each pattern's matches sorted)."""
-        if split not in self._split_to_filepattern:
-            raise ValueError(f"{self}: no split {split!r}; have {list(self.splits)}")
+    def _patterns(self, split: str) -> list[str]:
         patterns = self._split_to_filepattern[split]
         patterns = [patterns] if isinstance(patterns, (str, os.PathLike)) else list(patterns)
+        return list(map(os.fspath, patterns))
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        """The split's files, in pattern order (each pattern's matches sorted).
+
+        Raises ValueError for a pattern that matches nothing, an empty file, or a file
+        that another split's patterns match too (``data/wiki-*.jsonl`` for training
+        would take in ``data/wiki-val.jsonl``: held-out data trained on)."""
+        if split not in self._split_to_filepattern:
+            raise ValueError(f"{self}: no split {split!r}; have {list(self.splits)}")
         files: list[str] = []
-        for pattern in map(os.fspath, patterns):
+        for pattern in self._patterns(split):
             matches = sorted(tf.io.gfile.glob(pattern))
             if not matches:
                 raise ValueError(f"{self}: split {split!r}: no file matches {pattern!r}")
@@ -182,6 +189,13 @@ class _FileDocumentSource(ShardableSource):
                 if tf.io.gfile.stat(path).length == 0:
                     raise ValueError(f"{self}: split {split!r}: file is empty: {path}")
             files.extend(matches)
+        for other in self._split_to_filepattern:
+            if other == split:
+                continue
+            shared = sorted(set(files) & {m for p in self._patterns(other) for m in tf.io.gfile.glob(p)})
+            if shared:
+                raise ValueError(f"{self}: {shared[0]} is in split {split!r} and in split {other!r} (a pattern of "
+                                 "each matches it): give the splits disjoint patterns")
         return files
 
     def iter_documents(
