@@ -16,13 +16,11 @@ import math
 import os
 from typing import Any, Callable, Iterator, Mapping, Optional
 
-import jax
 import numpy as np
 import seqio
 
-from glm_jax import multihost
 from glm_jax.data.seq2seq_tasks import Seq2SeqFeatureConverter, postprocess, seq2seq_batches, task_info
-from glm_jax.data.split_data import fixed_batches
+from glm_jax.data.split_data import EpochData, fixed_batches
 
 GenerateFn = Callable[[Iterator[dict[str, np.ndarray]]], Mapping[int, list[int]]]
 _EVALUATORS: dict[tuple[str, str], tuple[seqio.Task, seqio.Evaluator]] = {}
@@ -85,7 +83,7 @@ def evaluate(task_name: str, split: str, generate_fn: GenerateFn, *, output_dir:
     return {name: float(value) for name, value in scores.items()}
 
 
-class Seq2SeqData:
+class Seq2SeqData(EpochData):
     """A registered seq2seq task as the data of the fine-tuning loop
     (``glm_jax.finetune.ClozeData``): each epoch's shuffled training batches (this
     process's shard) and the metrics of generated texts.
@@ -97,23 +95,17 @@ class Seq2SeqData:
     """
 
     def __init__(self, task_name: str, config: Any, mesh: Any):
+        super().__init__(config, mesh)
         self.task_name = task_name
-        self.config = config
         self.info = task_info(task_name)
-        self.local_batch = len(multihost.process_batch_indices(mesh, config.batch_size))
 
     def num_examples(self, split: str) -> int:
         return self.info.num_examples(split)
 
-    def steps_per_epoch(self) -> int:
-        return (self.info.num_examples(self.config.train_split) // jax.process_count()) // self.local_batch
-
     def train_batches(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """Epoch ``epoch``'s batches of ``[local_batch, ...]`` rows, shuffled with ``seed + epoch``."""
-        index, count = jax.process_index(), jax.process_count()
         return seq2seq_batches(self.task_name, self.config.train_split, batch_size=self.local_batch, shuffle=True,
-                               seed=self.config.seed + epoch, drop_remainder=True,
-                               shard=seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None)
+                               seed=self.config.seed + epoch, drop_remainder=True, shard=self.process_shard())
 
     def evaluate(self, generate_fn: GenerateFn, output_dir: Optional[str], split: Optional[str] = None
                  ) -> dict[str, float]:

@@ -22,10 +22,12 @@ import abc
 import threading
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from glm_jax import multihost
 from glm_jax.data.pipeline import CheckedIterator
 from glm_jax.data.sources import ShardableSource, check_shard_info
 
@@ -87,6 +89,35 @@ class InMemorySource(ShardableSource, metaclass=abc.ABCMeta):
                 yield self.element(int(i), examples[i], seed if shuffle else None)
 
         return tf.data.Dataset.from_generator(generate, output_signature=self.OUTPUT_SIGNATURE)
+
+
+class EpochData:
+    """What the fine-tuning data classes share (``glm_jax.finetune.ClozeData``): this
+    process's rows of each global batch, the full batches of an epoch, and this
+    process's shard. Subclasses give ``num_examples(split)``, ``train_batches`` and
+    ``evaluate``.
+
+    Args:
+      config: the run's ``finetune`` section (splits, batch sizes, seed).
+      mesh: the run's mesh: with several processes each reads its own shard.
+    """
+
+    def __init__(self, config: Any, mesh: Any):
+        self.config = config
+        self.local_batch = len(multihost.process_batch_indices(mesh, config.batch_size))
+
+    def num_examples(self, split: str) -> int:
+        raise NotImplementedError
+
+    def steps_per_epoch(self) -> int:
+        """Full training batches per epoch (every process the same count)."""
+        return (self.num_examples(self.config.train_split) // jax.process_count()) // self.local_batch
+
+    @staticmethod
+    def process_shard() -> Optional[seqio.ShardInfo]:
+        """This process's part of a split, or None with one process."""
+        index, count = jax.process_index(), jax.process_count()
+        return seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None
 
 
 def fixed_batches(ds: tf.data.Dataset, padding_rows: Callable[[int], dict[str, np.ndarray]], batch_size: int,

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Optional
 
-import jax
 import numpy as np
-import seqio
 
-from glm_jax import multihost
+from glm_jax.data.split_data import EpochData
 from glm_jax.data.superglue.converter import cloze_batches
 from glm_jax.data.superglue.evaluation import evaluate
 from glm_jax.data.superglue.registry import task_info
 
 
-class SuperGLUEData:
+class SuperGLUEData(EpochData):
     """A registered glm_jax/data/superglue/ cloze task as :class:`glm_jax.finetune.ClozeData`.
 
     Args:
@@ -29,23 +27,19 @@ class SuperGLUEData:
     """
 
     def __init__(self, task_name: str, config: Any, mesh: Any):
+        super().__init__(config, mesh)
         self.task_name = task_name
-        self.config = config
         self.info = task_info(task_name)
-        self.local_batch = len(multihost.process_batch_indices(mesh, config.batch_size))
 
-    def steps_per_epoch(self) -> int:
-        # As cloze_batches counts them with drop_remainder.
-        examples = self.info.num_examples(self.config.train_split) // jax.process_count()
-        return examples // self.local_batch
+    def num_examples(self, split: str) -> int:
+        return self.info.num_examples(split)
 
     def train_batches(self, epoch: int) -> Iterable[dict[str, np.ndarray]]:
-        """Epoch ``epoch``'s batches of ``[local_batch, ...]`` rows, shuffled with ``seed + epoch``."""
-        index, count = jax.process_index(), jax.process_count()
+        """Epoch ``epoch``'s batches of ``[local_batch, ...]`` rows, shuffled with ``seed + epoch``
+        (as many full batches as :meth:`steps_per_epoch` counts: cloze_batches drops the remainder)."""
         return cloze_batches(
             self.task_name, self.config.train_split, batch_size=self.local_batch, shuffle=True,
-            seed=self.config.seed + epoch, drop_remainder=True,
-            shard=seqio.ShardInfo(index=index, num_shards=count) if count > 1 else None,
+            seed=self.config.seed + epoch, drop_remainder=True, shard=self.process_shard(),
         )
 
     def evaluate(
