@@ -21,6 +21,7 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
+import seqio
 
 from conftest import REPO
 from glm_jax import cli
@@ -183,3 +184,18 @@ def test_the_sharding_table_of_scaling_md_is_what_its_snippet_prints(capsys):
     for line in shown.text.splitlines():
         assert " ".join(line.split()) in printed, line
 
+
+
+def test_the_custom_task_snippet_of_data_md_prints_what_the_page_shows(tmp_path, monkeypatch, capsys):
+    """docs/data.md's custom seqio task: its two input lines, its snippet, its output."""
+    blocks = code_blocks(REPO / "docs" / "data.md")
+    snippet = next(b for b in blocks if b.lang == "python" and "my_short_span_task" in b.text)
+    inputs, shown = blocks[blocks.index(snippet) + 1], blocks[blocks.index(snippet) + 2]
+    for name in ("train.txt", "validation.txt"):
+        (tmp_path / name).write_text(inputs.text)
+    monkeypatch.chdir(tmp_path)
+    try:
+        exec(compile(snippet.text, snippet.where(), "exec"), {})
+    finally:
+        seqio.TaskRegistry.remove("my_short_span_task")
+    assert capsys.readouterr().out.splitlines() == shown.text.splitlines()
