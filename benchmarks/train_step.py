@@ -80,6 +80,9 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--remat", default="none")
     parser.add_argument("--scan", action="store_true", help="scan over layers")
     parser.add_argument("--microbatches", type=int, default=1)
+    parser.add_argument("--logits-capacity", type=float, default=None,
+                        help="train.logits_capacity: logits only at the loss positions, up to this fraction "
+                             "of the positions (default: logits everywhere)")
     parser.add_argument("--attention-backend", default="xla",
                         help="model.attention_backend: xla, dot_product_attention, blockwise or pallas")
 
@@ -96,7 +99,9 @@ def build_step(args):
     mesh = sharding.make_mesh((1, -1, 1))
     optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=1, decay_steps=10_000))
     state = train_state.init_train_state(config, optimizer, mesh, 0)
-    step = train.make_train_step(config, optimizer, mesh, schedule=schedule, num_microbatches=args.microbatches)
+    loss = train.TokenLoss(logits_capacity=args.logits_capacity)
+    step = train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule,
+                                 num_microbatches=args.microbatches)
     from glm_jax.multihost import global_batch_from_local
 
     batch = global_batch_from_local(random_batch(args.batch, args.seq, config.vocab_size), mesh)

@@ -51,7 +51,7 @@ def train_step_for(config: Config, mesh) -> tuple[Any, Callable, Callable]:
     tc = config.train
     optimizer, schedule = make_optimizer(config.optimizer)
     train_step = train.make_train_step(
-        config.model, optimizer, mesh, loss=train.TokenLoss(), schedule=schedule,
+        config.model, optimizer, mesh, loss=train.TokenLoss(logits_capacity=tc.logits_capacity), schedule=schedule,
         num_microbatches=tc.num_microbatches, seed=tc.seed, skip_nonfinite=tc.on_nonfinite == "skip_step",
     )
     return optimizer, schedule, train_step

@@ -193,12 +193,14 @@ def _blanks(part_a: np.ndarray, command_tokens: CommandTokens) -> tuple[np.ndarr
 
 
 @functools.lru_cache(maxsize=4)
-def _steps(model_config, optimizer_config, mesh, label_smoothing, num_microbatches, seed, skip_nonfinite):
+def _steps(model_config, optimizer_config, mesh, label_smoothing, logits_capacity, num_microbatches, seed,
+           skip_nonfinite):
     """``(optimizer, train_step)``, built once per settings in a process (a restarted
     run in the same process finds its step compiled)."""
     optimizer, schedule = make_optimizer(optimizer_config)
+    loss = train.TokenLoss(label_smoothing, logits_capacity=logits_capacity)
     train_step = train.make_train_step(
-        model_config, optimizer, mesh, loss=train.TokenLoss(label_smoothing), schedule=schedule,
+        model_config, optimizer, mesh, loss=loss, schedule=schedule,
         num_microbatches=num_microbatches, seed=seed, skip_nonfinite=skip_nonfinite,
     )
     return optimizer, train_step
@@ -229,7 +231,11 @@ class Seq2SeqObjective:
         """``(optimizer, train_step)`` for a resolved ``FinetuneRunConfig``."""
         ft = config.finetune
         self.bind(config, mesh)
-        return _steps(config.model, config.optimizer, mesh, config.seq2seq.label_smoothing, ft.num_microbatches,
+        s2s = config.seq2seq
+        # Part B holds at most tgt_length loss tokens per row: the output layer runs
+        # only there, and the capacity can never be exceeded.
+        capacity = s2s.tgt_length / (s2s.src_length + s2s.tgt_length)
+        return _steps(config.model, config.optimizer, mesh, s2s.label_smoothing, capacity, ft.num_microbatches,
                       ft.seed, ft.on_nonfinite == "skip_step")
 
     def static(self, batch: Batch) -> None:

@@ -103,6 +103,15 @@ def activate(mesh: Mesh, rules=LOGICAL_AXIS_RULES):
         yield mesh
 
 
+def batch_shards_in_context() -> int:
+    """How many shards the batch axis has under the mesh being traced (the abstract
+    mesh of ``train_state.tracing_under`` or ``jax.set_mesh``); 1 without a mesh."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return 1
+    return math.prod(mesh.shape.get(axis, 1) for axis in BATCH_AXES)
+
+
 def logical_sharding(logical_specs: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Any:
     """A pytree of logical PartitionSpecs -> a pytree of NamedShardings on ``mesh``."""
     return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)

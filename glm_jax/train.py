@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
-from glm_jax import nonfinite, sharding
+from glm_jax import nonfinite, sharding, sparse_logits
 from glm_jax.model import GLM, ModelConfig
 from glm_jax.train_state import TrainState, params_layout, replicated, tracing_under, train_state_shardings
 from glm_jax.typed_config import require_at_least, require_divisible, require_positive
@@ -65,6 +65,11 @@ class TrainConfig:
       eval_batches: batches per evaluation.
       peak_tflops: the accelerator's peak (bf16) TFLOP/s per device, for MFU; None
         looks the device kind up in glm_jax.loop.PEAK_TFLOPS (CPU: no MFU).
+      logits_capacity: the output layer (tied logits and cross-entropy) runs only at
+        the loss positions, up to this fraction of each batch shard's positions; a
+        batch with more loss tokens runs it at every position (same loss, the old
+        cost). null: logits at every position, always. 0.5 covers the multitask
+        objective's ~30% with margin; a token-objective run can go lower.
       on_nonfinite: a step whose loss or gradient is NaN/inf: ``stop`` the run
         before anything after it is saved, or ``skip_step`` (leave the state
         unchanged); glm_jax/nonfinite.py.
@@ -80,6 +85,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_batches: int = 8
     peak_tflops: Optional[float] = None
+    logits_capacity: Optional[float] = 0.5
     on_nonfinite: str = "stop"
     max_consecutive_skips: int = 10
 
@@ -88,6 +94,8 @@ class TrainConfig:
         require_positive("train", self, "global_batch_size", "num_microbatches", "steps", "log_every", "eval_batches")
         require_divisible("train", self, "global_batch_size", "num_microbatches")
         require_at_least("train", self, 0, "eval_every")
+        if self.logits_capacity is not None and not 0.0 < self.logits_capacity <= 1.0:
+            raise ValueError(f"train.logits_capacity must be in (0, 1] or null, got {self.logits_capacity}")
 
 
 class LossSums(NamedTuple):
@@ -225,9 +233,20 @@ class TokenLoss:
     ``denominator(batch)`` (the global count, known before any forward pass) and
     ``__call__(model, params, batch, static, deterministic, rngs) -> sums``, float32
     scalar sums with ``loss``, ``correct`` and ``count``, added over microbatches.
+
+    ``logits_capacity``: None computes the model's logits at every position and
+    :func:`loss_sums` over them; a fraction in (0, 1] computes the tied output layer
+    only at the loss positions, up to that fraction of each batch shard's positions
+    (glm_jax/sparse_logits.py; same sums, falls back to every position for a batch
+    that does not fit).
     """
 
+    def __post_init__(self):
+        if self.logits_capacity is not None:
+            sparse_logits.capacity_for(1, self.logits_capacity)  # checks the range
+
     label_smoothing: float = 0.0
+    logits_capacity: Optional[float] = None
     count = "loss_tokens"
 
     def check(self, batch: Batch, mesh: Mesh, num_microbatches: int) -> None:
@@ -238,8 +257,16 @@ class TokenLoss:
 
     def __call__(self, model: GLM, params: Any, batch: Batch, static: Any = None, *, deterministic: bool = False,
                  rngs: Any = None) -> dict[str, jax.Array]:
-        logits = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs)
-        sums = loss_sums(logits, batch["targets"], batch["loss_mask"], self.label_smoothing)
+        if self.logits_capacity is None:
+            logits = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs)
+            sums = loss_sums(logits, batch["targets"], batch["loss_mask"], self.label_smoothing)
+        else:
+            hidden = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs,
+                                 return_hidden=True)
+            sums = sparse_logits.token_loss_sums(
+                hidden, nn.unbox(params["word_embeddings"]["embedding"]), batch["targets"], batch["loss_mask"],
+                capacity_fraction=self.logits_capacity, label_smoothing=self.label_smoothing,
+            )
         return {"loss": sums.ce, "correct": sums.correct, "loss_tokens": sums.loss_tokens}
 
 

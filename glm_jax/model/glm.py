@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from glm_jax.model import attention, masks
+from glm_jax.model.materialize import materialize_gradient
 from glm_jax.model.config import ModelConfig
 
 # The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
@@ -56,10 +57,6 @@ Array = jnp.ndarray
 # (batch over data/fsdp, heads over tensor) with no new sharding rule.
 CACHE_KV_AXES = ("activation_batch", "activation_length", "activation_heads", "activation_kv")
 CACHE_VALID_AXES = ("activation_batch", "activation_length")
-
-
-def _dtype(name: str):
-    return jnp.dtype(name)
 
 
 def _param_init(std: float, axes: tuple[str, ...]):
@@ -77,8 +74,8 @@ def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     """
     return nn.LayerNorm(
         epsilon=config.layernorm_epsilon,
-        dtype=_dtype(config.dtype),
-        param_dtype=_dtype(config.param_dtype),
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
         use_fast_variance=False,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
@@ -103,7 +100,7 @@ class Projection(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        dtype, param_dtype = _dtype(self.config.dtype), _dtype(self.config.param_dtype)
+        dtype, param_dtype = jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
         kernel = self.param("kernel", _param_init(self.init_std, self.kernel_axes), self.kernel_shape, param_dtype)
         bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
         bias = self.param(
@@ -142,7 +139,7 @@ class SelfAttention(nn.Module):
         attend over the whole cache.
         """
         cfg = self.config
-        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
         qkv = Projection(
             cfg,
@@ -216,7 +213,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
         h = Projection(
             cfg, "btd,df->btf", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), ("mlp",), cfg.init_std,
@@ -243,9 +240,11 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, pattern: attention.AttentionPattern, cache_index: Optional[Array] = None):
         cfg = self.config
-        x = _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
+        # Store the residual stream's gradient here, not re-derived per layer (materialize.py).
+        x = materialize_gradient(_constrain(x, ("activation_batch", "activation_length", "activation_embed")))
         h = layer_norm(cfg, "input_layernorm")(x)
         x = x + SelfAttention(cfg, self.deterministic, self.decode, name="attention")(h, pattern, cache_index)
+        x = materialize_gradient(x)
         h = layer_norm(cfg, "post_attention_layernorm")(x)
         x = x + MLP(cfg, self.deterministic, name="mlp")(h)
         return x, None
@@ -282,6 +281,7 @@ class GLM(nn.Module):
         deterministic: bool = True,
         decode: bool = False,
         valid: Optional[Array] = None,
+        return_hidden: bool = False,
         **unused_features: Any,
     ) -> Array:
         """Compute logits.
@@ -297,11 +297,13 @@ class GLM(nn.Module):
             collection (apply with ``mutable=['cache']``; see "KV cache" below).
           valid: decode mode only: ``[batch, T]`` bool, False for padding tokens,
             which no later token may attend to. Default: all True.
+          return_hidden: return the final layernorm's output ``[batch, T, embed]`` instead
+            of logits, for losses that project only what they read (sparse_logits.py).
           unused_features: other batch features (targets, loss_mask, ...), ignored,
             so that ``model.apply(variables, **batch)`` works.
 
         Returns:
-          ``[batch, T, vocab]`` float32 logits.
+          ``[batch, T, vocab]`` float32 logits (or the hidden states, see above).
 
         KV cache. The ``cache`` collection holds ``cache_index`` (int scalar: slots
         written so far), ``key_valid [batch, cache_len]`` and, per layer,
@@ -318,7 +320,7 @@ class GLM(nn.Module):
         here (XLA clamps the slot): callers size the cache.
         """
         cfg = self.config
-        dtype, param_dtype = _dtype(cfg.dtype), _dtype(cfg.param_dtype)
+        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         cache_index = None
         if decode:
             mask, cache_index = self._decode_mask(tokens.shape, sep, attention_mask, segment_ids, valid)
@@ -379,6 +381,8 @@ class GLM(nn.Module):
                 x, _ = layer(x, pattern, cache_index) if decode else layer(x, pattern)
 
         x = layer_norm(cfg, "final_layernorm")(x)
+        if return_hidden:
+            return _constrain(x, ("activation_batch", "activation_length", "activation_embed"))
         # Tied output head, no bias; accumulate in float32 so bf16 runs give fp32 logits.
         embedding = word_embeddings.embedding.astype(dtype)
         logits = jnp.einsum("btd,vd->btv", x, embedding, preferred_element_type=jnp.float32)

@@ -1,0 +1,206 @@
+"""Forward vs backward+update of the pretraining step, side by side for loss variants.
+
+    python benchmarks/step_breakdown.py                       # issue 18's config, full vs sparse logits
+    python benchmarks/step_breakdown.py --preset glm_base --batch 4 --rounds 3
+
+For each variant of the token loss (``full``: logits at every position, the model's
+own head and ``train.loss_sums``; ``sparse``: ``train.TokenLoss(logits_capacity=...)``,
+glm_jax/sparse_logits.py) it compiles, in one process:
+
+* the forward: the loss of a batch (no gradient), as the train step computes it;
+* the train step: ``train.make_train_step`` (forward, backward, AdamW update);
+
+and reports XLA's cost analysis of both compiled programs (FLOPs, bytes accessed:
+on CPU these count a scanned loop body once, so layers are unrolled here), their
+temporary memory, and their times: the median over ``--rounds`` rounds that
+alternate the variants and the programs, so load on the machine hits all alike.
+``backward+update`` is the train step's time minus the forward's.
+
+Appends a table to benchmarks/RESULTS.md with the device, date, commit and command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from glm_jax import sharding, train, train_state
+from glm_jax.model import GLM
+from glm_jax.model.config import ModelConfig
+from glm_jax.model.presets import get_preset
+from glm_jax.multihost import global_batch_from_local
+from glm_jax.optim import OptimizerConfig, make_optimizer
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SECTION = "## Train step: forward vs backward+update, full vs sparse logits"
+
+
+def glm_batch(batch: int, seq: int, part_a: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random tokens in GLM's layout: Part A ``[0, part_a)``, Part B (the loss) after it."""
+    rng = np.random.default_rng(seed)
+    idx = np.arange(seq)
+    return dict(
+        tokens=rng.integers(0, vocab, (batch, seq)).astype(np.int32),
+        targets=rng.integers(0, vocab, (batch, seq)).astype(np.int32),
+        loss_mask=(idx >= part_a).astype(np.int32)[None].repeat(batch, 0),
+        position_ids=np.minimum(idx, part_a - 1)[None].repeat(batch, 0).astype(np.int32),
+        block_position_ids=np.maximum(idx - part_a + 1, 0)[None].repeat(batch, 0).astype(np.int32),
+        sep=np.full(batch, part_a, np.int32),
+    )
+
+
+def model_config(args) -> ModelConfig:
+    if args.preset:
+        base = get_preset(args.preset)
+    else:
+        base = ModelConfig(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
+                           num_heads=args.heads, max_position_embeddings=args.seq)
+    return base.replace(
+        dtype=args.dtype, max_position_embeddings=max(base.max_position_embeddings, args.seq),
+        embedding_dropout=0.0, attention_dropout=0.0, hidden_dropout=0.0, remat_policy="none", scan_layers=args.scan,
+    )
+
+
+def compiled_stats(compiled) -> dict[str, float]:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    memory = compiled.memory_analysis()
+    return {"gflop": cost.get("flops", 0.0) / 1e9, "gbytes": cost.get("bytes accessed", 0.0) / 1e9,
+            "temp_mib": memory.temp_size_in_bytes / 2**20}
+
+
+class Variant:
+    """The forward and train programs of one loss variant, compiled."""
+
+    def __init__(self, name: str, loss: train.TokenLoss, config: ModelConfig, mesh, batch, optimizer, schedule):
+        self.name, self.loss = name, loss
+        model = GLM(config)
+        self.state = train_state.init_train_state(config, optimizer, mesh, 0)
+        step = train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule)
+
+        def forward(params, batch):
+            with train_state.tracing_under(mesh, sharding.LOGICAL_AXIS_RULES):
+                sums = loss(model, params, batch, deterministic=True)
+            return sums["loss"] / sums["loss_tokens"]
+
+        forward = jax.jit(forward)
+        self.forward = forward.lower(self.state.params, batch).compile()
+        self.step = step.lower(self.state, batch).compile()
+        self.stats = {"forward": compiled_stats(self.forward), "train": compiled_stats(self.step)}
+        self.batch = batch
+        self.times = {"forward": [], "train": []}
+        self.loss_value = float(self.forward(self.state.params, batch))
+
+    def time_forward(self) -> None:
+        start = time.perf_counter()
+        jax.block_until_ready(self.forward(self.state.params, self.batch))
+        self.times["forward"].append(time.perf_counter() - start)
+
+    def time_train(self) -> None:
+        start = time.perf_counter()
+        self.state, metrics = self.step(self.state, self.batch)
+        jax.block_until_ready(metrics["loss"])
+        self.times["train"].append(time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default=None, help="a model preset instead of the sizes below")
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--vocab", type=int, default=30592)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=512)
+    parser.add_argument("--part-a", type=int, default=400, help="Part A length; the rest of the row is the loss")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--scan", action="store_true", help="scan over layers (XLA's cost analysis then counts "
+                        "the loop body once)")
+    parser.add_argument("--capacity", type=float, default=0.5, help="the sparse variant's logits_capacity")
+    parser.add_argument("--variants", default="full,sparse")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args(argv)
+
+    config = model_config(args)
+    mesh = sharding.make_mesh((1, -1, 1))
+    optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=1, decay_steps=10_000))
+    batch = global_batch_from_local(glm_batch(args.batch, args.seq, args.part_a, config.vocab_size), mesh)
+    losses = {"full": train.TokenLoss(), "sparse": train.TokenLoss(logits_capacity=args.capacity)}
+    variants = []
+    for name in args.variants.split(","):
+        start = time.perf_counter()
+        variants.append(Variant(name, losses[name], config, mesh, batch, optimizer, schedule))
+        print(f"{name}: compiled in {time.perf_counter() - start:.0f} s, loss {variants[-1].loss_value:.6f}",
+              flush=True)
+    for v in variants:  # warm-up
+        v.time_forward(), v.time_train()
+        v.times = {"forward": [], "train": []}
+    for r in range(args.rounds):
+        for v in variants if r % 2 == 0 else variants[::-1]:
+            v.time_forward()
+            v.time_train()
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{v.name} fwd {1000 * v.times['forward'][-1]:.0f} ms train {1000 * v.times['train'][-1]:.0f} ms"
+            for v in variants), flush=True)
+
+    header = ("| variant | loss | forward GFLOP | forward GB | train GFLOP | train GB | bytes train/fwd | "
+              "forward ms | train ms | bwd+update ms | bwd+update / fwd | train temp MiB |")
+    lines = [header, "|---|" + "---:|" * 11]
+    base_train = None
+    for v in variants:
+        fwd, trn = (statistics.median(v.times[k]) for k in ("forward", "train"))
+        f, t = v.stats["forward"], v.stats["train"]
+        base_train = base_train or trn
+        lines.append(
+            f"| {v.name} | {v.loss_value:.6f} | {f['gflop']:.1f} | {f['gbytes']:.2f} | {t['gflop']:.1f} | "
+            f"{t['gbytes']:.2f} | {t['gbytes'] / f['gbytes']:.2f} | {1000 * fwd:.0f} | {1000 * trn:.0f} | "
+            f"{1000 * (trn - fwd):.0f} | {(trn - fwd) / fwd:.2f} | {t['temp_mib']:.0f} |"
+        )
+    summary = ", ".join(
+        f"{v.name} train step {base_train / statistics.median(v.times['train']):.2f}x the first variant's speed"
+        for v in variants[1:])
+    table = "\n".join(lines)
+    print(table)
+    if summary:
+        print(summary)
+    if not args.no_append:
+        append(table, summary, config, args)
+    return 0
+
+
+def append(table: str, summary: str, config: ModelConfig, args) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=RESULTS.parent, check=False).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True, cwd=RESULTS.parent, check=False).stdout.strip()
+    device = jax.devices()[0]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    text = (
+        f"\n{SECTION}\n\n"
+        f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
+        f"commit {commit}{' (with uncommitted changes)' if dirty else ''}\n"
+        f"- device: {jax.device_count()} x {device.device_kind} ({device.platform}), {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}\n"
+        f"- command: `python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`\n"
+        f"- model: hidden {config.hidden_size}, {config.num_layers} layers, {config.num_heads} heads, vocab "
+        f"{config.vocab_size}, {args.dtype}; batch {args.batch} x {args.seq}, Part A {args.part_a} "
+        f"(loss on {args.seq - args.part_a} positions per row); median of {args.rounds} alternated rounds\n\n"
+        f"{table}\n" + (f"\n{summary}\n" if summary else "")
+    )
+    with RESULTS.open("a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
