@@ -11,10 +11,17 @@ glm_jax/sparse_logits.py) it compiles, in one process:
 * the train step: ``train.make_train_step`` (forward, backward, AdamW update);
 
 and reports XLA's cost analysis of both compiled programs (FLOPs, bytes accessed:
-on CPU these count a scanned loop body once, so layers are unrolled here), their
-temporary memory, and their times: the median over ``--rounds`` rounds that
-alternate the variants and the programs, so load on the machine hits all alike.
-``backward+update`` is the train step's time minus the forward's.
+on CPU these count a scanned loop body once, so layers are unrolled here, and both
+branches of every conditional, so the sparse variant's fallback is counted too),
+the bytes of the path that runs (from the compiled HLO: every top-level op's
+operands and result, a conditional counted by its true branch: the sparse logits,
+the identity of glm_jax/model/materialize.py), their temporary memory, and their
+times: the median over ``--rounds`` rounds that alternate the variants and the
+programs, so load on the machine hits all alike. ``backward+update`` is the train
+step's time minus the forward's.
+
+``PYTHONPATH=<an older checkout> python benchmarks/step_breakdown.py --variants full
+--label before`` measures an older glm-jax with the same script (``full`` only).
 
 Appends a table to benchmarks/RESULTS.md with the device, date, commit and command.
 """
@@ -23,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -71,12 +80,49 @@ def model_config(args) -> ModelConfig:
     )
 
 
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "f32": 4, "s32": 4, "u32": 4, "s64": 8, "u64": 8,
+          "f64": 8}
+_SHAPE = re.compile(r"\b(" + "|".join(_BYTES) + r")\[([\d,]*)\]")
+_OP = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\((.*)")
+_FREE = {"parameter", "constant", "bitcast", "get-tuple-element", "tuple"}
+
+
+def _shape_bytes(text: str) -> int:
+    return sum(math.prod(int(d) for d in dims.split(",") if d) * _BYTES[dtype] for dtype, dims in _SHAPE.findall(text))
+
+
+def executed_bytes(hlo: str) -> float:
+    """Bytes read and written by the top-level ops of the entry computation, each
+    conditional replaced by its true branch's ops (the path that runs here)."""
+    def body(name: str) -> list[str]:
+        start = hlo.index(name)
+        return hlo[start:hlo.index("\n}\n", start)].split("\n")[1:]
+
+    sizes, total = {}, 0
+    pending = body("ENTRY")
+    while pending:
+        line = pending.pop(0)
+        match = _OP.match(line)
+        if not match:
+            continue
+        name, shape, op, rest = match.groups()
+        sizes[name] = _shape_bytes(shape)
+        if op == "conditional":
+            branches = re.search(r"branch_computations=\{([^}]*)\}", line).group(1).split(",")
+            pending = body(branches[-1].strip() + " ") + pending
+        if op in _FREE or op == "conditional":
+            continue
+        operands = re.findall(r"%([\w.\-]+)", rest.split("metadata=")[0].split("calls=")[0])
+        total += sizes[name] + sum(sizes.get(o, 0) for o in operands)
+    return total / 1e9
+
+
 def compiled_stats(compiled) -> dict[str, float]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     memory = compiled.memory_analysis()
     return {"gflop": cost.get("flops", 0.0) / 1e9, "gbytes": cost.get("bytes accessed", 0.0) / 1e9,
-            "temp_mib": memory.temp_size_in_bytes / 2**20}
+            "run_gbytes": executed_bytes(compiled.as_text()), "temp_mib": memory.temp_size_in_bytes / 2**20}
 
 
 class Variant:
@@ -127,8 +173,9 @@ def main(argv=None) -> int:
     parser.add_argument("--scan", action="store_true", help="scan over layers (XLA's cost analysis then counts "
                         "the loop body once)")
     parser.add_argument("--capacity", type=float, default=0.5, help="the sparse variant's logits_capacity")
-    parser.add_argument("--variants", default="full,sparse")
+    parser.add_argument("--variants", default="full,sparse", help="comma-separated: full, sparse, sparse:<capacity>")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--label", default="", help="prefix of the variant names in the table")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
@@ -136,11 +183,18 @@ def main(argv=None) -> int:
     mesh = sharding.make_mesh((1, -1, 1))
     optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=1, decay_steps=10_000))
     batch = global_batch_from_local(glm_batch(args.batch, args.seq, args.part_a, config.vocab_size), mesh)
-    losses = {"full": train.TokenLoss(), "sparse": train.TokenLoss(logits_capacity=args.capacity)}
     variants = []
     for name in args.variants.split(","):
         start = time.perf_counter()
-        variants.append(Variant(name, losses[name], config, mesh, batch, optimizer, schedule))
+        kind, _, capacity = name.partition(":")  # sparse:0.25 = that capacity
+        if kind == "full":
+            loss = train.TokenLoss()
+        elif kind == "sparse":
+            loss = train.TokenLoss(logits_capacity=float(capacity or args.capacity))
+        else:
+            parser.error(f"--variants: unknown variant {name!r} (full, sparse or sparse:<capacity>)")
+        label = f"{args.label} {name}" if args.label else name
+        variants.append(Variant(label, loss, config, mesh, batch, optimizer, schedule))
         print(f"{name}: compiled in {time.perf_counter() - start:.0f} s, loss {variants[-1].loss_value:.6f}",
               flush=True)
     for v in variants:  # warm-up
@@ -154,9 +208,10 @@ def main(argv=None) -> int:
             f"{v.name} fwd {1000 * v.times['forward'][-1]:.0f} ms train {1000 * v.times['train'][-1]:.0f} ms"
             for v in variants), flush=True)
 
-    header = ("| variant | loss | forward GFLOP | forward GB | train GFLOP | train GB | bytes train/fwd | "
-              "forward ms | train ms | bwd+update ms | bwd+update / fwd | train temp MiB |")
-    lines = [header, "|---|" + "---:|" * 11]
+    header = ("| variant | loss | forward GFLOP | forward GB | train GFLOP | train GB | forward GB run | "
+              "train GB run | run bytes train/fwd | forward ms | train ms | bwd+update ms | bwd+update / fwd | "
+              "train temp MiB |")
+    lines = [header, "|---|" + "---:|" * 13]
     base_train = None
     for v in variants:
         fwd, trn = (statistics.median(v.times[k]) for k in ("forward", "train"))
@@ -164,7 +219,8 @@ def main(argv=None) -> int:
         base_train = base_train or trn
         lines.append(
             f"| {v.name} | {v.loss_value:.6f} | {f['gflop']:.1f} | {f['gbytes']:.2f} | {t['gflop']:.1f} | "
-            f"{t['gbytes']:.2f} | {t['gbytes'] / f['gbytes']:.2f} | {1000 * fwd:.0f} | {1000 * trn:.0f} | "
+            f"{t['gbytes']:.2f} | {f['run_gbytes']:.2f} | {t['run_gbytes']:.2f} | "
+            f"{t['run_gbytes'] / f['run_gbytes']:.2f} | {1000 * fwd:.0f} | {1000 * trn:.0f} | "
             f"{1000 * (trn - fwd):.0f} | {(trn - fwd) / fwd:.2f} | {t['temp_mib']:.0f} |"
         )
     summary = ", ".join(

@@ -113,13 +113,14 @@ def _group(x: Array, axes: tuple) -> Array:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _tied_cross_entropy(hidden, embedding, targets, weights, capacity: int, smoothing: float):
     """``(ce_sum, correct_sum)`` over ``[groups, rows]``; see :func:`token_loss_sums`."""
-    at = functools.partial(_loss_at, embedding=embedding, smoothing=smoothing, with_grad=False)
-    rows = hidden.shape[1]
-    if capacity >= rows:
-        return at(hidden, targets, weights)
+    dense = functools.partial(_chunked_sums, hidden, targets, weights, embedding, smoothing,
+                              min(capacity, hidden.shape[1]))
+    if capacity >= hidden.shape[1]:
+        return dense()
     fits, index, valid = _plan(weights, capacity)
-    return jax.lax.cond(fits, lambda: at(*_gather(hidden, targets, weights, index, valid)),
-                        lambda: at(hidden, targets, weights))
+    gathered = _gather(hidden, targets, weights, index, valid)
+    return jax.lax.cond(fits, lambda: _loss_at(*gathered, embedding=embedding, smoothing=smoothing,
+                                               with_grad=False), dense)
 
 
 def _fwd(hidden, embedding, targets, weights, capacity, smoothing):
@@ -137,7 +138,10 @@ def _fwd(hidden, embedding, targets, weights, capacity, smoothing):
         return at(*_gather(hidden, targets, weights, index, valid), with_grad=True)
 
     def dense():
-        ce, correct = at(hidden, targets, weights, with_grad=False)
+        # Every position, ``capacity`` of them at a time: at this point of the forward
+        # every layer's activations are alive, and [rows, vocab] float32 logits on top
+        # would raise the step's peak memory (2 GiB per chip for GLM-Large on v4-64).
+        ce, correct = _chunked_sums(hidden, targets, weights, embedding, smoothing, capacity)
         return ce, correct, jnp.zeros((*index.shape, embedding.shape[0]), hidden.dtype)
 
     ce, correct, unit_grad = jax.lax.cond(fits, sparse, dense)
@@ -147,12 +151,8 @@ def _fwd(hidden, embedding, targets, weights, capacity, smoothing):
 def _bwd(capacity, smoothing, residuals, cotangents):
     (hidden, embedding, targets, weights), saved = residuals
     d_ce = cotangents[0]  # the correct count is a count: its cotangent is dropped
-
-    def recomputed():
-        _, _, unit_grad = _loss_at(hidden, targets, weights, embedding=embedding, smoothing=smoothing,
-                                   with_grad=True)
-        return _matmul_grads(unit_grad, hidden, embedding, d_ce)
-
+    recomputed = functools.partial(_chunked_grads, hidden, targets, weights, embedding, smoothing,
+                                   min(capacity, hidden.shape[1]), d_ce)
     if saved is None:
         d_hidden, d_embedding = recomputed()
     else:
@@ -167,7 +167,39 @@ def _bwd(capacity, smoothing, residuals, cotangents):
             return jnp.zeros_like(hidden).at[groups, index].add(d_h, mode="drop"), d_e
 
         d_hidden, d_embedding = jax.lax.cond(fits, sparse, recomputed)
-    return d_hidden, d_embedding, None, None
+    return d_hidden, d_embedding.astype(embedding.dtype), None, None
+
+
+def _chunks(x: Array, size: int) -> Array:
+    """``[groups, rows, ...] -> [ceil(rows / size), groups, size, ...]``, zero-padded."""
+    groups, rows = x.shape[:2]
+    count = -(-rows // size)
+    x = jnp.pad(x, [(0, 0), (0, count * size - rows)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(groups, count, size, *x.shape[2:]), 1, 0)
+
+
+def _chunked_sums(hidden, targets, weights, embedding, smoothing, size):
+    """:func:`_loss_at`'s sums over every position, ``size`` per group at a time."""
+    def add(totals, chunk):
+        sums = _loss_at(*chunk, embedding=embedding, smoothing=smoothing, with_grad=False)
+        return tuple(a + b for a, b in zip(totals, sums)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    chunks = tuple(_chunks(x, size) for x in (hidden, targets, weights))
+    return jax.lax.scan(add, (zero, zero), chunks)[0]
+
+
+def _chunked_grads(hidden, targets, weights, embedding, smoothing, size, d_ce):
+    """The gradients of every position, recomputed ``size`` per group at a time."""
+    def step(d_embedding, chunk):
+        _, _, unit_grad = _loss_at(*chunk, embedding=embedding, smoothing=smoothing, with_grad=True)
+        d_h, d_e = _matmul_grads(unit_grad, chunk[0], embedding, d_ce)
+        return d_embedding + d_e, d_h
+
+    chunks = tuple(_chunks(x, size) for x in (hidden, targets, weights))
+    d_embedding, d_h = jax.lax.scan(step, jnp.zeros(embedding.shape, jnp.float32), chunks)
+    d_h = jnp.moveaxis(d_h, 0, 1).reshape(hidden.shape[0], -1, hidden.shape[2])[:, :hidden.shape[1]]
+    return d_h, d_embedding
 
 
 _tied_cross_entropy.defvjp(_fwd, _bwd)
@@ -202,7 +234,7 @@ def _matmul_grads(unit_grad, h, embedding, d_ce):
     compute = h.dtype
     d_h = jnp.einsum("gnv,vd->gnd", unit_grad, embedding.astype(compute), preferred_element_type=jnp.float32)
     d_e = jnp.einsum("gnv,gnd->vd", unit_grad, h, preferred_element_type=jnp.float32)
-    return (d_h * d_ce).astype(h.dtype), (d_e * d_ce).astype(embedding.dtype)
+    return (d_h * d_ce).astype(h.dtype), d_e * d_ce  # the embedding's in float32, cast once at the end
 
 
 def _logits(h: Array, embedding: Array) -> Array:

@@ -220,6 +220,28 @@ def test_blockwise_dropout_equals_dense_dropout_with_the_same_keep_mask():
         np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("rate", [0.0, 0.25])
+def test_reference_gradient_equals_autodiff_of_the_plain_expression(rate):
+    # xla_attention's backward is written out (it keeps only the probabilities); it
+    # must equal autodiff of the expression it replaced, dropout included. Packed
+    # rows: a padding query row is fully masked, where the mask's gradient matters.
+    q, k, v, cot = qkv(jnp.float32, seed=3)
+    _, _, mask = packed_inputs()
+    keep = attention.dropout_keep(jax.random.PRNGKey(5), rate, q, k) if rate else None
+
+    def plain(q, k, v):
+        probs = jax.nn.softmax(jnp.where(mask, jnp.einsum("bqhd,bkhd->bhqk", q, k), attention.MASK_VALUE), -1)
+        if keep is not None:
+            probs = jnp.where(keep, probs / (1 - rate), 0.0)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+    got = with_grads(lambda q, k, v: attention.xla_attention(q, k, v, mask, keep, rate))(q, k, v, cot)
+    want = with_grads(plain)(q, k, v, cot)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5)
+    assert float(jnp.abs(got[1]).max()) > 1e-3  # the key gradient is not trivially zero
+
+
 # --- the whole model -----------------------------------------------------------------
 
 TINY = ModelConfig(

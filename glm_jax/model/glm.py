@@ -160,10 +160,9 @@ class SelfAttention(nn.Module):
             key, value = self._update_cache(key, value, cache_index)
         backend = "xla" if self.decode else cfg.attention_backend
         if backend == "xla":
-            dropout = nn.Dropout(rate=cfg.attention_dropout)
-            context = attention.xla_attention(
-                query, key, value, pattern.mask, lambda p: dropout(p, deterministic=self.deterministic)
-            )
+            rate = 0.0 if self.deterministic else cfg.attention_dropout
+            keep = attention.dropout_keep(self.make_rng("dropout"), rate, query, key) if rate > 0 else None
+            context = attention.xla_attention(query, key, value, pattern.mask, keep, rate)
         else:
             rate = 0.0 if self.deterministic else cfg.attention_dropout
             context = attention.attend(
