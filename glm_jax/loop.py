@@ -213,7 +213,9 @@ def run(
             )
             if progress is None:
                 flops = metrics_lib.train_flops_per_token(model_config, batch["tokens"].shape[-1])
-                progress = metrics_lib.Progress(total, flops, peak_flops(settings.peak_tflops), start_step=step)
+                progress = metrics_lib.Progress(
+                    total, flops, peak_flops(settings.peak_tflops), start_step=step,
+                    output_layer_flops=metrics_lib.output_layer_flops_per_position(model_config))
             state, step_metrics = task.train_step(state, batch, task.static(local_batch))
             step += 1
             interval.append(step_metrics)
@@ -252,7 +254,8 @@ def log_interval(step: int, interval: list, progress, writer, print_fn, task: Lo
         "learning_rate": host[-1].get("learning_rate", float("nan")),
         "skipped_steps": sum(m["nonfinite"] for m in host),
     }
-    rates = progress.update(step, sum(m["tokens"] for m in host))
+    logit_positions = sum(m["logit_positions"] for m in host) if "logit_positions" in host[0] else None
+    rates = progress.update(step, sum(m["tokens"] for m in host), logit_positions)
     record.update(rates)
     writer.write(step, record, prefix="train/")
     writer.flush()

@@ -40,6 +40,14 @@ def train_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     return 6.0 * matmul_params(config) + attention
 
 
+def output_layer_flops_per_position(config: ModelConfig) -> float:
+    """Forward + backward FLOPs of the tied output layer at one position (``6 V h``),
+    part of :func:`train_flops_per_token`'s model FLOPs at every token. With
+    ``train.logits_capacity`` the hardware computes it at fewer positions: the
+    step's ``logit_positions`` metric."""
+    return 6.0 * config.vocab_size * config.hidden_size
+
+
 class MetricsWriter:
     """Scalars to TensorBoard event files (tf.summary) and a JSON-lines log.
 
@@ -97,16 +105,24 @@ class Progress:
         *,
         start_step: int = 0,
         clock=time.perf_counter,
+        output_layer_flops: float = 0.0,
     ):
         self.total_steps = total_steps
         self.flops_per_token = flops_per_token
+        self.output_layer_flops = output_layer_flops
         self.peak_flops = peak_flops
         self._clock = clock
         self._last_time = clock()
         self._last_step = start_step
 
-    def update(self, step: int, tokens: float) -> dict[str, float]:
-        """Record ``tokens`` processed since the last call; return the derived rates."""
+    def update(self, step: int, tokens: float, logit_positions: Optional[float] = None) -> dict[str, float]:
+        """Record ``tokens`` processed since the last call; return the derived rates.
+
+        ``achieved_tflops`` and ``mfu`` count model FLOPs (:func:`train_flops_per_token`,
+        the output layer at every token: what the model needs, however computed);
+        given ``logit_positions`` (where the output layer really ran), also
+        ``hardware_tflops`` and ``hfu``, the FLOPs the step executed.
+        """
         now = self._clock()
         seconds = max(now - self._last_time, 1e-9)
         steps = max(step - self._last_step, 1)
@@ -119,6 +135,12 @@ class Progress:
         }
         if self.peak_flops:
             rates["mfu"] = tokens_per_s * self.flops_per_token / self.peak_flops
+        if logit_positions is not None:
+            hardware = tokens * (self.flops_per_token - self.output_layer_flops) + (
+                logit_positions * self.output_layer_flops)
+            rates["hardware_tflops"] = hardware / seconds / 1e12
+            if self.peak_flops:
+                rates["hfu"] = hardware / seconds / self.peak_flops
         rates["eta_s"] = (self.total_steps - step) * rates["step_time_s"]
         return rates
 
@@ -131,7 +153,8 @@ class Progress:
             parts.append(f"skipped {int(metrics['skipped_steps'])} non-finite step(s)")
         parts.append(f"tokens/s {rates['tokens_per_s']:,.0f}")
         if "mfu" in rates:
-            parts.append(f"MFU {100 * rates['mfu']:.1f}%")
+            hardware = f" (hardware {100 * rates['hfu']:.1f}%)" if "hfu" in rates else ""
+            parts.append(f"MFU {100 * rates['mfu']:.1f}%{hardware}")
         parts.append(f"ETA {format_duration(rates['eta_s'])}")
         return " | ".join(parts)
 

@@ -50,6 +50,7 @@ class TokenSums(NamedTuple):
     ce: Array
     correct: Array
     loss_tokens: Array
+    logit_positions: Array  # where the output layer ran: capacity per group, or every position
 
 
 def capacity_for(positions: int, fraction: float) -> int:
@@ -100,7 +101,13 @@ def token_loss_sums(
     ce, correct = _tied_cross_entropy(
         grouped, embedding, targets.reshape(groups, rows), weights, capacity, float(label_smoothing)
     )
-    return TokenSums(ce=ce, correct=correct, loss_tokens=jnp.sum(weights))
+    if capacity < rows:
+        fits = jnp.all(jnp.sum(weights != 0, axis=1) <= capacity)
+        positions = jnp.where(fits, capacity, rows) * groups
+    else:
+        positions = rows * groups
+    return TokenSums(ce=ce, correct=correct, loss_tokens=jnp.sum(weights),
+                     logit_positions=jnp.asarray(positions, jnp.float32))
 
 
 def _group(x: Array, axes: tuple) -> Array:

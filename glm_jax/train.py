@@ -260,6 +260,7 @@ class TokenLoss:
         if self.logits_capacity is None:
             logits = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs)
             sums = loss_sums(logits, batch["targets"], batch["loss_mask"], self.label_smoothing)
+            positions = jnp.asarray(math.prod(batch["targets"].shape), jnp.float32)
         else:
             hidden = model.apply({"params": params}, **batch, deterministic=deterministic, rngs=rngs,
                                  return_hidden=True)
@@ -267,7 +268,9 @@ class TokenLoss:
                 hidden, nn.unbox(params["word_embeddings"]["embedding"]), batch["targets"], batch["loss_mask"],
                 capacity_fraction=self.logits_capacity, label_smoothing=self.label_smoothing,
             )
-        return {"loss": sums.ce, "correct": sums.correct, "loss_tokens": sums.loss_tokens}
+            positions = sums.logit_positions
+        return {"loss": sums.ce, "correct": sums.correct, "loss_tokens": sums.loss_tokens,
+                "logit_positions": positions}
 
 
 def loss_and_grads(
@@ -412,6 +415,8 @@ def make_train_step(
             loss.count: sums[loss.count],
             "tokens": jnp.asarray(math.prod(batch["tokens"].shape), jnp.float32),
         }
+        if "logit_positions" in sums:  # where the output layer ran (hardware FLOPs)
+            metrics["logit_positions"] = sums["logit_positions"]
         if schedule is not None:
             metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
         return new_state, metrics

@@ -42,6 +42,21 @@ def test_progress_rates_mfu_and_eta():
     assert "step 10/100" in line and "loss 2.5000" in line and "MFU 100.0%" in line and "ETA 0m18s" in line
 
 
+def test_hardware_flops_count_the_output_layer_only_where_it_ran():
+    # 20,000 tokens in 2 s; the output layer (3e8 of the 1e9 FLOPs per token) ran at
+    # 5,000 positions: hardware FLOPs = 20,000 * 7e8 + 5,000 * 3e8 = 1.55e13.
+    times = iter([0.0, 2.0])
+    progress = metrics.Progress(total_steps=100, flops_per_token=1e9, peak_flops=1e13, clock=lambda: next(times),
+                                output_layer_flops=3e8)
+    rates = progress.update(step=10, tokens=20_000, logit_positions=5_000)
+    assert rates["mfu"] == pytest.approx(1.0)  # model FLOPs: the output layer at every token
+    assert rates["hardware_tflops"] == pytest.approx(1.55e13 / 2 / 1e12)
+    assert rates["hfu"] == pytest.approx(0.775)
+    assert "MFU 100.0% (hardware 77.5%)" in progress.line(10, {}, rates)
+    config = metrics.ModelConfig(vocab_size=100, hidden_size=8, num_layers=1, num_heads=2, max_position_embeddings=8)
+    assert metrics.output_layer_flops_per_position(config) == 6 * 100 * 8
+
+
 def test_metrics_writer_writes_event_files_and_jsonl(tmp_path):
     import tensorflow as tf
 

@@ -68,6 +68,8 @@ def test_sums_and_gradients_equal_the_full_logits_path(capacity, groups, smoothi
     (_, want), want_grads = jax.value_and_grad(full, argnums=(0, 1), has_aux=True)(hidden, embedding)
     np.testing.assert_allclose(float(got.ce), float(want.ce), rtol=1e-6)
     assert float(got.correct) == float(want.correct) and float(got.loss_tokens) == float(want.loss_tokens)
+    ran = groups * sparse_logits.capacity_for(rows, capacity) if fits else hidden.shape[0] * hidden.shape[1]
+    assert float(got.logit_positions) == ran
     for g, w in zip(got_grads, want_grads):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
     assert float(jnp.abs(got_grads[0]).max()) > 1e-2  # not trivially zero
@@ -122,9 +124,13 @@ def test_train_step_on_eight_devices_equals_the_full_logits_step_on_one():
     params = jax.device_get(train_state.init_train_state(TINY, optax.sgd(1.0), mesh1, 0).params)
     batch = glm_batch()
     want, want_grads = sgd_step(train.TokenLoss(), mesh1, params, batch)
-    got, got_grads = sgd_step(train.TokenLoss(logits_capacity=0.5), sharding.make_mesh((2, 2, 2)), params, batch)
+    # Four batch shards of 4 rows x 16 positions, at most 4 x 10 loss tokens each: capacity
+    # 0.75 (48) holds them, so the sharded step takes the sparse path.
+    assert batch["loss_mask"].reshape(4, -1).sum(1).max() <= 48
+    got, got_grads = sgd_step(train.TokenLoss(logits_capacity=0.75), sharding.make_mesh((2, 2, 2)), params, batch)
     for name in ("loss", "accuracy", "grad_norm", "loss_tokens"):
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, err_msg=name)
+    assert want["logit_positions"] == 16 * 16 and got["logit_positions"] == 4 * 48
     for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got_grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
