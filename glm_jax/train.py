@@ -241,13 +241,13 @@ class TokenLoss:
     that does not fit).
     """
 
-    def __post_init__(self):
-        if self.logits_capacity is not None:
-            sparse_logits.capacity_for(1, self.logits_capacity)  # checks the range
-
     label_smoothing: float = 0.0
     logits_capacity: Optional[float] = None
     count = "loss_tokens"
+
+    def __post_init__(self):
+        if self.logits_capacity is not None:
+            sparse_logits.capacity_for(1, self.logits_capacity)  # checks the range
 
     def check(self, batch: Batch, mesh: Mesh, num_microbatches: int) -> None:
         _check_batch(batch, mesh, num_microbatches)
