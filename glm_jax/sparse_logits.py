@@ -97,21 +97,14 @@ def token_loss_sums(
     rows = (batch // groups) * length
     capacity = capacity_for(rows, capacity_fraction)
     weights = loss_mask.astype(jnp.float32).reshape(groups, rows)
-    grouped = _group(hidden.reshape(groups, rows, width), ("activation_batch", None, "activation_embed"))
+    grouped = nn.with_logical_constraint(hidden.reshape(groups, rows, width),
+                                         ("activation_batch", None, "activation_embed"))
     ce, correct = _tied_cross_entropy(
         grouped, embedding, targets.reshape(groups, rows), weights, capacity, float(label_smoothing)
     )
-    if capacity < rows:
-        fits = jnp.all(jnp.sum(weights != 0, axis=1) <= capacity)
-        positions = jnp.where(fits, capacity, rows) * groups
-    else:
-        positions = rows * groups
+    positions = (jnp.where(_fits(weights, capacity), capacity, rows) if capacity < rows else rows) * groups
     return TokenSums(ce=ce, correct=correct, loss_tokens=jnp.sum(weights),
                      logit_positions=jnp.asarray(positions, jnp.float32))
-
-
-def _group(x: Array, axes: tuple) -> Array:
-    return nn.with_logical_constraint(x, axes)
 
 
 # ----------------------------------------------------------------- the VJP
@@ -257,10 +250,13 @@ def _constrain_logits(x: Array) -> Array:
 def _plan(weights: Array, capacity: int) -> tuple[Array, Array, Array]:
     """``(fits, index, valid)``: whether every group's loss positions fit in
     ``capacity``, and :func:`_positions` of them."""
-    active = weights != 0
-    fits = jnp.all(jnp.sum(active, axis=1) <= capacity)
-    index, valid = _positions(active, capacity)
-    return fits, index, valid
+    index, valid = _positions(weights != 0, capacity)
+    return _fits(weights, capacity), index, valid
+
+
+def _fits(weights: Array, capacity: int) -> Array:
+    """Whether every group has at most ``capacity`` loss positions (a bool scalar)."""
+    return jnp.all(jnp.sum(weights != 0, axis=1) <= capacity)
 
 
 def _gather(hidden, targets, weights, index, valid):

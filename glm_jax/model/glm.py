@@ -44,8 +44,8 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from glm_jax.model import attention, masks
-from glm_jax.model.materialize import materialize_gradient
 from glm_jax.model.config import ModelConfig
+from glm_jax.model.materialize import materialize_gradient
 
 # The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
 MASK_VALUE = attention.MASK_VALUE
@@ -159,12 +159,11 @@ class SelfAttention(nn.Module):
         if self.decode:
             key, value = self._update_cache(key, value, cache_index)
         backend = "xla" if self.decode else cfg.attention_backend
+        rate = 0.0 if self.deterministic else cfg.attention_dropout
         if backend == "xla":
-            rate = 0.0 if self.deterministic else cfg.attention_dropout
             keep = attention.dropout_keep(self.make_rng("dropout"), rate, query, key) if rate > 0 else None
             context = attention.xla_attention(query, key, value, pattern.mask, keep, rate)
         else:
-            rate = 0.0 if self.deterministic else cfg.attention_dropout
             context = attention.attend(
                 backend, query, key, value, pattern, block_size=cfg.attention_block_size, dropout_rate=rate,
                 dropout_rng=self.make_rng("dropout") if rate > 0 else None,
