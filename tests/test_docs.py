@@ -19,6 +19,7 @@ import importlib
 import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import seqio
@@ -32,7 +33,10 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 RUN_CONFIG_COMMANDS = ("train", "compile")
 
 
+# The comment on the line before a block says how CI treats it (unmarked bash and python
+# blocks run: tests/test_docs_run.py):
 FAILS_ON_PURPOSE = "<!-- docs: these commands fail on purpose -->"
+MARKER = re.compile(r"^<!-- docs: (not run here|run by): (.+?) -->$")
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,20 @@ class Block:
     line: int
     lang: str
     text: str
-    fails_on_purpose: bool = False
+    comment: str = ""  # the line before the block, when it is an HTML comment
 
     def where(self) -> str:
         return f"{self.page}:{self.line}"
+
+    @property
+    def fails_on_purpose(self) -> bool:
+        return self.comment == FAILS_ON_PURPOSE
+
+
+def marker_of(block: Block) -> tuple[str, str] | None:
+    """("not run here", reason), ("run by", "tests/FILE.py::TEST") or None."""
+    match = MARKER.match(block.comment)
+    return (match.group(1), match.group(2)) if match else None
 
 
 def code_blocks(path) -> list[Block]:
@@ -53,8 +67,8 @@ def code_blocks(path) -> list[Block]:
     for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
         line = text[: match.start()].count("\n") + 1
         before = text[: match.start()].rstrip().splitlines()[-1:] or [""]
-        out.append(Block(path.relative_to(REPO).as_posix(), line, match.group(1), match.group(2),
-                         before[0].strip() == FAILS_ON_PURPOSE))
+        comment = before[0].strip() if before[0].strip().startswith("<!--") else ""
+        out.append(Block(path.relative_to(REPO).as_posix(), line, match.group(1), match.group(2), comment))
     return out
 
 
@@ -70,6 +84,8 @@ def glm_jax_commands(block: Block) -> list[str]:
         line = line[2:] if line.startswith("$ ") else line
         for part in re.split(r"&&|;", line):
             part = re.split(r"\s+#", part)[0].strip()
+            part = re.sub(r"^(\w+=\S*\s+)+", "", part)  # environment settings: XLA_FLAGS=... glm-jax
+            part = re.sub(r"\\?\$\w+", "0", part).removesuffix("&").strip()  # a loop's `--process-id=$i &`
             if part.startswith(("glm-jax ", ".venv/bin/glm-jax ")):
                 commands.append(part)
     return commands
@@ -160,6 +176,26 @@ def test_every_glm_jax_command_in_the_docs_parses(block):
 def test_every_python_snippet_in_the_docs_names_real_code(block):
     problems = python_problems(block.text)
     assert not problems, f"{block.where()}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.comment.startswith("<!-- docs")], ids=Block.where)
+def test_every_docs_marker_is_well_formed_and_names_real_tests(block):
+    """A block is run by tests/test_docs_run.py unless marked: "not run here" with a
+    reason, or "run by" a test that exists and reads that page."""
+    if block.fails_on_purpose:
+        assert block.lang not in ("bash", "python"), f"{block.where()}: error examples are printed sessions"
+        return
+    marker = marker_of(block)
+    assert marker, f"{block.where()}: unknown docs marker {block.comment!r}"
+    kind, detail = marker
+    assert block.lang in ("bash", "python"), f"{block.where()}: only bash and python blocks run"
+    if kind == "run by":
+        path, _, name = detail.partition("::")
+        tree = ast.parse((REPO / path).read_text())
+        test = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
+        assert test is not None, f"{block.where()}: {detail} does not exist"
+        assert Path(block.page).name in ast.get_source_segment((REPO / path).read_text(), test), (
+            f"{block.where()}: {detail} does not read {block.page}")
 
 
 def test_the_checks_catch_a_broken_example():
