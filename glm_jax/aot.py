@@ -38,8 +38,11 @@ import jax
 import numpy as np
 
 from glm_jax import metrics, pretrain, sharding, train_state
+from glm_jax.command_tokens import CommandTokens
 from glm_jax.config import Config
 from glm_jax.data.feature_converter import SEQUENCE_FEATURES
+from glm_jax.decoding import search
+from glm_jax.model.glm import GLM
 
 GIB = 2**30
 #: Memory kept free on every chip (runtime buffers, fragmentation): a config fits if
@@ -61,6 +64,8 @@ class SliceType:
       accelerator_type: the ``TPU_ACCELERATOR_TYPE`` a host of that slice reports.
       hbm_bytes, hbm_stated: HBM per chip, and as the vendor states it.
       peak_tflops: dense bf16 TFLOP/s per chip (vendor figure).
+      ici_bytes_per_second: bidirectional inter-chip bandwidth per chip (vendor figure;
+        used only by the fit search's estimate, glm_jax/fit_search.py).
     """
 
     topology: str
@@ -70,13 +75,25 @@ class SliceType:
     hbm_bytes: int
     hbm_stated: str
     peak_tflops: float
+    ici_bytes_per_second: float
+
+    @property
+    def chips(self) -> int:
+        """Chips in one slice: the product of the topology's grid (``v5:4x4x4`` -> 64)."""
+        return math.prod(int(n) for n in self.topology.split(":")[1].split("x"))
 
 
-_V4 = dict(chip_config="megacore", hbm_bytes=32 * GIB, hbm_stated="32 GiB", peak_tflops=275.0)
-_V5E = dict(chip_config="default", hbm_bytes=16 * GIB, hbm_stated="16 GiB", peak_tflops=197.0)
+# ICI: Cloud TPU's tables state 400 GB/s (v5e) and 1200 GB/s (v5p) bidirectional per chip.
+# Its v4 page states none; 600 GB/s is 2 x 2400 Gbps, the v4 figure recalled from Google's
+# generation comparison (uncertain; it only shifts the fit search's estimates on v4).
+_V4 = dict(chip_config="megacore", hbm_bytes=32 * GIB, hbm_stated="32 GiB", peak_tflops=275.0,
+           ici_bytes_per_second=600e9)
+_V5E = dict(chip_config="default", hbm_bytes=16 * GIB, hbm_stated="16 GiB", peak_tflops=197.0,
+            ici_bytes_per_second=400e9)
 # Google states 95 GB for v5p; XLA's own out-of-memory message counts 95.74G available.
 # The verdict uses the smaller, stated figure.
-_V5P = dict(chip_config="megacore", hbm_bytes=95 * 10**9, hbm_stated="95 GB", peak_tflops=459.0)
+_V5P = dict(chip_config="megacore", hbm_bytes=95 * 10**9, hbm_stated="95 GB", peak_tflops=459.0,
+            ici_bytes_per_second=1200e9)
 _NO_WRAP = (False, False, False)
 
 #: Slices by the name Cloud TPU gives them (v4 and v5p count TensorCores, two per chip).
@@ -190,6 +207,8 @@ class Report:
     custom_calls: dict[str, int]
     compile_seconds: float
     error: Optional[str] = None
+    program: str = "train step"
+    batch: Optional[str] = None  # the program's batch, when not the config's training batch
 
     def table(self, config: Config) -> str:
         def gib(b: float) -> str:
@@ -199,10 +218,11 @@ class Report:
         usable = self.hbm_bytes * (1 - HBM_MARGIN)
         verdict = "FITS" if self.fits else "DOES NOT FIT"
         rows = [
+            ("program", self.program),
             ("slice", f"{self.num_slices} x {self.slice_name} ({self.chips} chips, {kind.hbm_stated} HBM each)"),
             ("mesh (data, fsdp, tensor)", ", ".join(str(self.mesh[a]) for a in sharding.MESH_AXES)),
-            ("batch", f"{config.train.global_batch_size} x {config.data.sequence_length} tokens, "
-                      f"{config.train.num_microbatches} microbatch(es)"),
+            ("batch", self.batch or f"{config.train.global_batch_size} x {config.data.sequence_length} tokens, "
+                                    f"{config.train.num_microbatches} microbatch(es)"),
             ("model", f"remat {config.model.remat_policy}, scan_layers {config.model.scan_layers}, dtype "
                       f"{config.model.dtype}, attention {config.model.attention_backend}"),
             ("parameters + optimizer / chip", gib(self.state_bytes)),
@@ -216,7 +236,7 @@ class Report:
                                       f"({HBM_MARGIN:.0%} of {gib(self.hbm_bytes)} kept free)"),
                      ("verdict", f"{verdict} (margin {gib(usable - self.total_bytes)})")]
         rows += [
-            ("model FLOPs / step", f"{self.flops_per_step:.3e}"),
+            (f"model FLOPs / {'step' if self.program == 'train step' else 'call'}", f"{self.flops_per_step:.3e}"),
             (f"step time at {ASSUMED_MFU:.0%} MFU (estimate)", f"{self.step_seconds * 1e3:.1f} ms"),
         ]
         rows += [(f"collective {kind_}", f"{count} ops, {gib(size)} of results")
@@ -245,10 +265,69 @@ def compile_train_step(config: Config, slice_name: str, num_slices: int = 1) -> 
     tokens = config.train.global_batch_size * config.data.sequence_length
     flops = metrics.train_flops_per_token(config.model, config.data.sequence_length) * tokens
     step_seconds = flops / (len(devices) * kind.peak_tflops * 1e12 * ASSUMED_MFU)
+    return _compile_and_measure(lambda: step.lower(state, batch).compile(), slice_name, num_slices, mesh,
+                                shard_bytes(state), flops, step_seconds)
+
+
+def compile_decode_step(config: Config, slice_name: str, num_slices: int = 1, *, batch_size: int,
+                        context_length: int, max_new_tokens: int = 64) -> Report:
+    """Compile generation's prefill of ``batch_size`` contexts of ``context_length``
+    tokens plus one cached decode step (``glm_jax.decoding.search``: the functions
+    ``glm-jax generate`` runs) for the slice, with the training config's parameter
+    layout and a cache of ``context_length + max_new_tokens`` slots per row.
+
+    Raises:
+      NeedsLibtpu, ValueError: as :func:`compile_train_step`; a batch that does not
+        split over the mesh's data x fsdp devices.
+    """
+    devices = slice_devices(slice_name, num_slices)
+    mesh = sharding.mesh_from_config(config.mesh, devices=devices)
+    shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)
+    if batch_size < 1 or batch_size % shards:
+        raise ValueError(f"--decode-batch {batch_size}: must be a positive multiple of the {shards} data x fsdp "
+                         f"devices of mesh {dict(mesh.shape)}")
+    rules = sharding.LOGICAL_AXIS_RULES
+    abstract_params, param_shardings = train_state.params_layout(config.model, mesh, rules)
+    params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params,
+                          param_shardings)
+    rows = sharding.batch_sharding(mesh)
+    tokens = jax.ShapeDtypeStruct((batch_size, context_length), np.int32, sharding=rows)
+    lengths = jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=rows)
+    model = GLM(config.model)
+    # Only the ids' values reach the program; any distinct ids do.
+    ids = CommandTokens(pad=0, eos=1, cls=2, mask=3, sop=4, eop=5, unk=6)
+
+    @jax.jit
+    def prefill_and_one_token(params, tokens, lengths):
+        _, cache = search.prefill(model, params, tokens, lengths, context_length + max_new_tokens)
+        first = search.initial_rows(batch_size, max_new_tokens, ids)  # every row feeds [sop]
+        return search.decode_step(model, params, cache, first, (lengths - 1)[:, None], ids.pad)
+
+    def lower_and_compile():
+        with train_state.tracing_under(mesh, rules):
+            lowered = prefill_and_one_token.lower(params, tokens, lengths)
+        return lowered.compile()
+
+    # Forward FLOPs: 2 per matmul parameter per token, plus attention over the context.
+    per_token = 2.0 * metrics.matmul_params(config.model) + 4.0 * config.model.num_layers * context_length * \
+        config.model.hidden_size
+    flops = per_token * batch_size * (context_length + 1)
+    seconds = flops / (len(devices) * SLICES[slice_name].peak_tflops * 1e12 * ASSUMED_MFU)
+    report = _compile_and_measure(lower_and_compile, slice_name, num_slices, mesh, shard_bytes(params), flops,
+                                  seconds)
+    report.program = f"generation: prefill {context_length} tokens, then 1 cached token"
+    report.batch = f"{batch_size} prompts, cache of {context_length + max_new_tokens} slots"
+    return report
+
+
+def _compile_and_measure(compile_fn, slice_name: str, num_slices: int, mesh, state_bytes: int, flops: float,
+                         seconds_estimate: float) -> Report:
+    """Compile, then read the program's memory, collectives and custom calls."""
+    kind = SLICES[slice_name]
     start = time.perf_counter()
     error, memory, found, calls = None, {}, {}, {}
     try:
-        compiled = step.lower(state, batch).compile()
+        compiled = compile_fn()
     except Exception as e:  # XLA's own out-of-memory verdict, e.g. RESOURCE_EXHAUSTED
         if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
             raise
@@ -266,5 +345,6 @@ def compile_train_step(config: Config, slice_name: str, num_slices: int = 1) -> 
     total = (memory.get("arguments", 0) + memory.get("outputs", 0) - memory.get("aliased (donated)", 0)
              + memory.get("temporaries", 0) + memory.get("generated code", 0))
     fits = error is None and total <= kind.hbm_bytes * (1 - HBM_MARGIN)
-    return Report(slice_name, num_slices, len(devices), dict(mesh.shape), shard_bytes(state), memory, total,
-                  kind.hbm_bytes, fits, flops, step_seconds, found, calls, seconds, error)
+    chips = math.prod(mesh.devices.shape)
+    return Report(slice_name, num_slices, chips, dict(mesh.shape), state_bytes, memory, total,
+                  kind.hbm_bytes, fits, flops, seconds_estimate, found, calls, seconds, error)

@@ -6,6 +6,7 @@ TPU-compile step (.ci/run) installs the libtpu that jax[tpu] pins into a side
 folder and runs this file with it.
 """
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -77,3 +78,63 @@ def test_unknown_slice_and_bad_slices_are_one_line_errors(capsys):
         aot.slice_devices("v9-8")
     assert cli.main(["compile", "--config", "pretrain_embedded", "--topology", "v5e-4", "mesh.ici_shape=[1,8,1]"]) == 2
     assert "mesh" in capsys.readouterr().err
+
+
+def test_the_fit_search_compiles_in_estimate_order_until_one_fits(monkeypatch, capsys):
+    """`glm-jax compile --search` on a v5e-4 whose HBM is set just below what the
+    configured step needs: the configured step (pure FSDP, no remat, one microbatch)
+    is the fastest estimate and is tried first, does not fit, and the search goes on
+    to the first candidate that does, whose real compiled total is under the limit."""
+    overrides = ["train.global_batch_size=64"]
+    config = config_lib.load_config("pretrain_embedded", overrides)
+    needed = aot.compile_train_step(config, "v5e-4").total_bytes
+    small = dataclasses.replace(aot.SLICES["v5e-4"], hbm_bytes=int(0.9 * needed / (1 - aot.HBM_MARGIN)))
+    monkeypatch.setitem(aot.SLICES, "v5e-4", small)
+    assert cli.main(["compile", "--config", "pretrain_embedded", "--topology", "v5e-4", "--search", *overrides]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("1,")]
+    assert rows[0][:3] == ["1,4,1", "none", "1"] and "DOES NOT FIT" in " ".join(rows[0]), out
+    assert all("NOT" in " ".join(r) for r in rows[:-1]) and rows[-1][-3] == "FITS" and len(rows) >= 2, out
+    chosen = out.split("fastest estimated that fits: ")[1].splitlines()[0].split()
+    report = aot.compile_train_step(config_lib.load_config("pretrain_embedded", [*overrides, *chosen]), "v5e-4")
+    assert report.total_bytes <= small.hbm_bytes * (1 - aot.HBM_MARGIN) < needed
+
+
+def test_the_decode_step_compiles_with_its_cache_in_the_outputs(capsys):
+    """`glm-jax compile --decode-batch`: generation's prefill + one cached token
+    (glm_jax.decoding.search) for the slice; the cache it returns is per chip
+    layers x (key, value) x rows / 4 x slots x hidden x 4 bytes (float32)."""
+    config = config_lib.load_config("pretrain_embedded", TINY)
+    report = aot.compile_decode_step(config, "v5e-4", batch_size=8, context_length=96, max_new_tokens=32)
+    assert report.fits and report.program.startswith("generation: prefill 96 tokens")
+    m = config.model
+    cache_per_chip = m.num_layers * 2 * (8 // 4) * (96 + 32) * m.hidden_size * 4
+    assert cache_per_chip <= report.memory["outputs"] < cache_per_chip * 1.5
+    assert report.state_bytes == pytest.approx(report.memory["arguments"], rel=0.25)  # params; no optimizer
+    assert cli.main(["compile", "--config", "pretrain_embedded", "--topology", "v5e-4", "--decode-batch", "6"]) == 2
+    assert "--decode-batch 6: must be a positive multiple of the 4" in capsys.readouterr().err
+
+
+#: Every shipped config for a TPU slice, and the slice it is for.
+TPU_CONFIGS = {
+    "pretrain/glm_base_tpu_v5e_64": ("v5e-64", 1),
+    "pretrain/glm_large_tpu_v4_64": ("v4-64", 1),
+    "pretrain/glm_2b_tpu_v5e_256": ("v5e-256", 1),
+    "pretrain/glm_10b_tpu_v5p_128": ("v5p-128", 1),
+    "pretrain/glm_10b_2x_tpu_v5p_128": ("v5p-128", 2),
+}
+
+
+def test_every_tpu_config_is_checked():
+    configs = config_lib.config_dirs()[-1] / "pretrain"
+    shipped = {f"pretrain/{p.stem}" for p in configs.glob("*tpu*.yaml")}
+    assert shipped == set(TPU_CONFIGS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TPU_CONFIGS))
+def test_every_shipped_tpu_config_fits_its_slice(name):
+    """The paper configs compiled for the slice they name (about a minute each)."""
+    slice_name, num_slices = TPU_CONFIGS[name]
+    report = aot.compile_train_step(config_lib.load_config(name), slice_name, num_slices)
+    assert report.fits, report.table(config_lib.load_config(name))

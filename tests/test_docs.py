@@ -6,16 +6,20 @@
   overrides (unknown keys and bad values fail here, as they would for the user).
 * Each python block must parse, and every ``glm_jax`` name it imports or reads
   from an imported ``glm_jax`` module must exist.
+* Each yaml block must be valid for a config class (and equal the shipped file it
+  names); each json block must be JSON.
+* Each ``<!-- docs: ... -->`` marker must be well formed (tests/test_docs_run.py runs
+  every bash and python block that has none).
 
-The commands and snippets that also run end to end are run by the tests of their
-commands (tests/test_cli_*.py, test_notebook.py, ...); pod commands and files the
-user brings (``data/xsum``, ``out/glm-large``) are only checked here.
+Blocks marked as not runnable here (pod commands, released weights, the user's
+files) are only checked here.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -27,6 +31,9 @@ import seqio
 from conftest import REPO
 from glm_jax import cli
 from glm_jax import config as config_lib
+from glm_jax import typed_config
+from glm_jax.data.tokenizers import TokenizerConfig
+from glm_jax.finetune import FinetuneRunConfig
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # Commands whose --config is a run config of `train` / `compile` (a finetune config needs a model directory).
@@ -198,6 +205,38 @@ def test_every_docs_marker_is_well_formed_and_names_real_tests(block):
             f"{block.where()}: {detail} does not read {block.page}")
 
 
+def data_block_problems(block: Block) -> list[str]:
+    """A yaml block: valid YAML 1.2 that a config class takes (a whole file when its
+    first line names one under configs/: then equal to that file); json: valid JSON."""
+    if block.lang == "json":
+        try:
+            json.loads(block.text)
+        except ValueError as e:
+            return [f"not JSON: {e}"]
+        return []
+    try:
+        data = typed_config.parse_yaml(block.text, block.where())
+    except typed_config.ConfigError as e:
+        return [str(e)]
+    named = re.match(r"# (configs/\S+\.yaml)", block.text)
+    if named:
+        shipped = typed_config.parse_yaml((REPO / named.group(1)).read_text(), named.group(1))
+        return [] if shipped == data else [f"differs from {named.group(1)}: {data} vs {shipped}"]
+    for cls in (config_lib.Config, FinetuneRunConfig, TokenizerConfig):
+        try:
+            typed_config.check(cls, data, where=block.where(), presets=config_lib.SECTION_PRESETS)
+            return []
+        except typed_config.ConfigError:
+            continue
+    return [f"no config class takes {sorted(data)}"]
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang in ("yaml", "json")], ids=Block.where)
+def test_every_yaml_and_json_block_is_valid_config_or_data(block):
+    problems = data_block_problems(block)
+    assert not problems, f"{block.where()}: " + "; ".join(problems)
+
+
 def test_the_checks_catch_a_broken_example():
     """Breaking an example on purpose fails: a renamed function, an unknown option, an
     unknown config key."""
@@ -206,6 +245,9 @@ def test_the_checks_catch_a_broken_example():
     assert command_problems("glm-jax generate --checkpoint d --beam-width 4 'a [MASK]'")
     assert command_problems("glm-jax train train.stepz=3")
     assert not command_problems("glm-jax train train.steps=3")
+    assert data_block_problems(Block("p.md", 1, "yaml", "mesh:\n  ici_shap: [1, -1, 1]\n"))
+    assert data_block_problems(Block("p.md", 1, "yaml", "# configs/pretrain/glm_10b_2x_tpu_v5p_128.yaml\nbase: x\n"))
+    assert not data_block_problems(Block("p.md", 1, "yaml", "seq2seq:\n  num_beams: 4\n"))
     assert len(ALL_BLOCKS) > 100 and sum(b.lang == "python" for b in ALL_BLOCKS) >= 20
 
 

@@ -70,7 +70,7 @@ class Result(NamedTuple):
     score: Array
 
 
-def _initial_rows(num_rows: int, max_new_tokens: int, command_tokens: CommandTokens) -> Rows:
+def initial_rows(num_rows: int, max_new_tokens: int, command_tokens: CommandTokens) -> Rows:
     return Rows(
         next_token=jnp.full((num_rows,), command_tokens.sop, jnp.int32),
         blank=jnp.zeros((num_rows,), jnp.int32),
@@ -104,7 +104,7 @@ def prefill(model: GLM, params, tokens: Array, lengths: Array, cache_length: int
     return logits, variables["cache"]
 
 
-def _decode_step(model: GLM, params, cache, rows: Rows, blank_positions: Array, pad: int):
+def decode_step(model: GLM, params, cache, rows: Rows, blank_positions: Array, pad: int):
     """Feed every row's next token; return its ``[R, V]`` float32 logits and the cache."""
     blank = jnp.minimum(rows.blank, blank_positions.shape[1] - 1)
     position = jnp.take_along_axis(blank_positions, blank[:, None], axis=1)
@@ -178,7 +178,7 @@ def sample(
 
     def body(carry):
         step, cache, rows = carry
-        logits, cache = _decode_step(model, params, cache, rows, blank_positions, command_tokens.pad)
+        logits, cache = decode_step(model, params, cache, rows, blank_positions, command_tokens.pad)
         logprobs = jax.nn.log_softmax(logits, axis=-1)
         scores = _processed(logits, rows, step, settings, end_ids)
         if settings.strategy == "greedy":
@@ -189,7 +189,7 @@ def sample(
         rows = _advance(rows, token, _take_row(logprobs, token), step, num_blanks, end_ids, command_tokens)
         return step + 1, cache, rows
 
-    carry = (jnp.zeros((), jnp.int32), cache, _initial_rows(batch, steps, command_tokens))
+    carry = (jnp.zeros((), jnp.int32), cache, initial_rows(batch, steps, command_tokens))
     _, _, rows = jax.lax.while_loop(cond, body, carry)
     score = jnp.sum(rows.logprobs, axis=-1)
     return Result(rows.tokens, rows.logprobs, rows.num_tokens, rows.done, score)
@@ -286,7 +286,7 @@ def beam_search(
 
     def body(carry):
         step, cache, rows, beam_scores, hyps, batch_done = carry
-        logits, cache = _decode_step(model, params, cache, rows, blank_positions, command_tokens.pad)
+        logits, cache = decode_step(model, params, cache, rows, blank_positions, command_tokens.pad)
         logprobs = jax.nn.log_softmax(logits, axis=-1)
         vocab = logprobs.shape[-1]
         total = (beam_scores[:, None] + _processed(logprobs, rows, step, settings, end_ids)).reshape(batch, -1)
@@ -341,7 +341,7 @@ def beam_search(
         return step + 1, cache, rows, next_scores, hyps, now_done
 
     carry = (
-        jnp.zeros((), jnp.int32), cache, _initial_rows(rows_total, steps, command_tokens), beam_scores,
+        jnp.zeros((), jnp.int32), cache, initial_rows(rows_total, steps, command_tokens), beam_scores,
         _empty_hypotheses(batch, beams, steps), jnp.zeros((batch,), bool),
     )
     step, _, rows, beam_scores, hyps, batch_done = jax.lax.while_loop(cond, body, carry)

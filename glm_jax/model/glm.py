@@ -139,7 +139,7 @@ class SelfAttention(nn.Module):
         attend over the whole cache.
         """
         cfg = self.config
-        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        dtype = jnp.dtype(cfg.dtype)
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
         qkv = Projection(
             cfg,
@@ -211,7 +211,6 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.config
-        dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         out_std = cfg.init_std / math.sqrt(2.0 * cfg.num_layers)
         h = Projection(
             cfg, "btd,df->btf", (cfg.hidden_size, cfg.mlp_dim), ("embed", "mlp"), ("mlp",), cfg.init_std,
