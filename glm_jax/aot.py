@@ -94,6 +94,9 @@ _V5E = dict(chip_config="default", hbm_bytes=16 * GIB, hbm_stated="16 GiB", peak
 # The verdict uses the smaller, stated figure.
 _V5P = dict(chip_config="megacore", hbm_bytes=95 * 10**9, hbm_stated="95 GB", peak_tflops=459.0,
             ici_bytes_per_second=1200e9)
+# v6e (Trillium): Cloud TPU states 918 TFLOP/s bf16, 32 GB of HBM and 800 GB/s of ICI per chip.
+_V6E = dict(chip_config="default", hbm_bytes=32 * 10**9, hbm_stated="32 GB", peak_tflops=918.0,
+            ici_bytes_per_second=800e9)
 _NO_WRAP = (False, False, False)
 
 #: Slices by the name Cloud TPU gives them (v4 and v5p count TensorCores, two per chip).
@@ -105,6 +108,8 @@ SLICES: dict[str, SliceType] = {
     "v5e-256": SliceType("v5e:16x16", wrap=(True, True, False), accelerator_type="v5litepod-256", **_V5E),
     "v5p-8": SliceType("v5:2x2x1", wrap=_NO_WRAP, accelerator_type="v5p-8", **_V5P),
     "v5p-128": SliceType("v5:4x4x4", wrap=(True, True, True), accelerator_type="v5p-128", **_V5P),
+    "v6e-4": SliceType("v6e:2x2", wrap=_NO_WRAP, accelerator_type="v6e-4", **_V6E),
+    "v6e-256": SliceType("v6e:16x16", wrap=(True, True, False), accelerator_type="v6e-256", **_V6E),
 }
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from glm_jax import aot, cli, train_state
+from glm_jax.loop import PEAK_TFLOPS
 from glm_jax import config as config_lib
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("libtpu") is None,
@@ -71,6 +72,21 @@ def test_pallas_attention_compiles_to_mosaic_kernels_for_the_tpu():
     assert report.custom_calls.get("tpu_custom_call", 0) >= 2, report.custom_calls  # forward and backward
     xla = aot.compile_train_step(config_lib.load_config("pretrain_embedded", TINY), "v5e-4")
     assert "tpu_custom_call" not in xla.custom_calls
+
+
+def test_every_slice_s_devices_have_its_peak_for_the_mfu_line():
+    """What libtpu's devices of each slice report as device_kind is a key of the MFU
+    table with the slice's peak (v5p reports "TPU v5", v6e "TPU v6 lite"); the
+    device count is the slice's chips."""
+    for name, kind in aot.SLICES.items():
+        devices = aot.slice_devices(name)
+        assert len(devices) == kind.chips, name
+        assert PEAK_TFLOPS.get(devices[0].device_kind) == kind.peak_tflops, (name, devices[0].device_kind)
+
+
+def test_a_v6e_slice_compiles_the_tiny_config():
+    report = aot.compile_train_step(config_lib.load_config("pretrain_embedded", TINY), "v6e-4")
+    assert report.fits and report.chips == 4 and report.hbm_bytes == 32 * 10**9
 
 
 def test_unknown_slice_and_bad_slices_are_one_line_errors(capsys):
