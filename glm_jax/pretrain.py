@@ -77,7 +77,7 @@ def run(
     tc = config.train
     mesh = sharding.mesh_from_config(config.mesh)
     optimizer, _, train_step = train_step_for(config, mesh)
-    eval_step = train.make_eval_step(config.model, mesh)
+    eval_step = train.make_eval_step(config.model, mesh, loss=train.TokenLoss(logits_capacity=tc.logits_capacity))
     try:
         data_state = as_iterator_state(train_data)
         train_data = data_state

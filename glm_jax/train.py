@@ -434,24 +434,29 @@ def make_eval_step(
     model_config: ModelConfig,
     mesh: Mesh,
     rules: Any = sharding.LOGICAL_AXIS_RULES,
+    *,
+    loss: TokenLoss = TokenLoss(),
 ) -> Callable[[Any, Batch], Metrics]:
     """The jitted ``(params, batch) -> metrics``, without dropout or updates.
 
     Metrics: ``loss`` and ``accuracy`` of this batch, plus the sums ``ce``,
     ``correct`` and ``loss_tokens`` to aggregate exactly over many batches.
+    ``loss`` is the training step's :class:`TokenLoss`, so evaluation computes the
+    output layer where training does (``logits_capacity``); its label smoothing is
+    not applied (evaluation reports the plain cross-entropy).
     """
     model = GLM(model_config)
     _, param_shardings = params_layout(model_config, mesh, rules)
+    plain = dataclasses.replace(loss, label_smoothing=0.0)
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
         _check_batch(batch, mesh, 1)
         with tracing_under(mesh, rules):
-            logits = model.apply({"params": params}, **batch, deterministic=True)
-            sums = loss_sums(logits, batch["targets"], batch["loss_mask"])
+            sums = plain(model, params, batch, deterministic=True)
         return {
-            "loss": _mean(sums.ce, sums.loss_tokens),
-            "accuracy": _mean(sums.correct, sums.loss_tokens),
-            **sums._asdict(),
+            "loss": _mean(sums["loss"], sums["loss_tokens"]),
+            "accuracy": _mean(sums["correct"], sums["loss_tokens"]),
+            "ce": sums["loss"], "correct": sums["correct"], "loss_tokens": sums["loss_tokens"],
         }
 
     return jax.jit(

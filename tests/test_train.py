@@ -169,6 +169,13 @@ def test_loss_is_token_level_mean_over_the_batch(params, mesh8, reference):
     np.testing.assert_allclose(float(evaluated["loss"]), token_mean, rtol=1e-5)
     np.testing.assert_allclose(float(evaluated["accuracy"]), accuracy, rtol=1e-6)
     np.testing.assert_allclose(float(evaluated["ce"]), (ce * batch["loss_mask"]).sum(), rtol=1e-5)
+    # The output layer only at the loss positions (training's logits_capacity): the same
+    # sums; label smoothing, a training-only term, is not applied to evaluation.
+    fraction = float(batch["loss_mask"].mean()) + 0.2
+    sparse_eval = train.make_eval_step(TINY, mesh8, loss=train.TokenLoss(0.1, logits_capacity=fraction))
+    sparse = compile_fast(sparse_eval, sharded, sharded_batch)(sharded, sharded_batch)
+    for name in ("loss", "accuracy", "ce", "correct", "loss_tokens"):
+        np.testing.assert_allclose(float(sparse[name]), float(evaluated[name]), rtol=1e-5, err_msg=name)
 
 
 def test_sharded_step_equals_single_device(params, mesh8, reference):
