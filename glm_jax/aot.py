@@ -285,6 +285,11 @@ def compile_decode_step(config: Config, slice_name: str, num_slices: int = 1, *,
       NeedsLibtpu, ValueError: as :func:`compile_train_step`; a batch that does not
         split over the mesh's data x fsdp devices.
     """
+    if not 1 <= context_length <= config.model.max_position_embeddings:
+        raise ValueError(f"--context-length {context_length}: must be 1..{config.model.max_position_embeddings} "
+                         "(model.max_position_embeddings)")
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens}: must be >= 1")
     devices = slice_devices(slice_name, num_slices)
     mesh = sharding.mesh_from_config(config.mesh, devices=devices)
     shards = math.prod(mesh.shape[a] for a in sharding.BATCH_AXES)

@@ -129,6 +129,9 @@ def test_the_decode_step_compiles_with_its_cache_in_the_outputs(capsys):
     assert report.state_bytes == pytest.approx(report.memory["arguments"], rel=0.25)  # params; no optimizer
     assert cli.main(["compile", "--config", "pretrain_embedded", "--topology", "v5e-4", "--decode-batch", "6"]) == 2
     assert "--decode-batch 6: must be a positive multiple of the 4" in capsys.readouterr().err
+    assert cli.main(["compile", "--config", "pretrain_embedded", "--topology", "v5e-4", "--decode-batch", "8",
+                     "--context-length", "129"]) == 2
+    assert "--context-length 129: must be 1..128 (model.max_position_embeddings)" in capsys.readouterr().err
 
 
 #: Every shipped config for a TPU slice, and the slice it is for.

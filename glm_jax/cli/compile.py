@@ -55,7 +55,7 @@ def run(args: argparse.Namespace, print_fn: Callable[[str], None] = print) -> in
         if args.decode_batch is not None:
             report = aot.compile_decode_step(
                 config, args.topology, args.num_slices, batch_size=args.decode_batch,
-                context_length=args.context_length or config.data.sequence_length,
+                context_length=config.data.sequence_length if args.context_length is None else args.context_length,
                 max_new_tokens=args.max_new_tokens)
         else:
             report = aot.compile_train_step(config, args.topology, args.num_slices)
