@@ -22,7 +22,9 @@ How a page runs, in order of its blocks, in a fresh folder of its own:
   the page has none (modules that register tasks).
 
 Every command must exit 0 (those marked to fail on purpose are text blocks, checked by
-tests/test_docs.py); printed numbers are not compared: the pages print full-size runs.
+tests/test_docs.py). Printed numbers of training runs are not compared (the pages
+print full-size runs); outputs a page's run reproduces exactly are (:data:`OUTPUT_CHECKS`;
+tests/test_docs.py has two more).
 """
 
 from __future__ import annotations
@@ -171,7 +173,8 @@ def run_bash(block: Block, folder: Path, bin_dir: Path) -> None:
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     done = subprocess.run(["bash", "-e", "-c", block.text], cwd=folder, env=env, capture_output=True, text=True,
                           timeout=900)
-    assert done.returncode == 0, f"{block.where()}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    assert done.returncode == 0, (
+        f"{block.where()}: exit {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
 
 
 def run_python(block: Block, folder: Path, namespace: dict, page_blocks: list[Block]) -> None:
@@ -184,6 +187,24 @@ def run_python(block: Block, folder: Path, namespace: dict, page_blocks: list[Bl
         if any(re.search(rf"\bpython3? {re.escape(name)}\b", b.text) for b in later):
             return  # the page runs it
     exec(compile(block.text, block.where(), "exec"), namespace)
+
+
+def check_how_glm_works(text: str, namespace: dict) -> None:
+    """The page's token table is the row its snippet builds: ``sep`` and, for every
+    single-position row of the table, loss_mask, position_ids and block_position_ids."""
+    example = namespace["example"]
+    assert f"has `sep = {int(example['sep'])}`" in text
+    rows = re.findall(r"^\| (\d+) \| [^|]+ \| [^|]+ \| (\d) \| (\d+) \| (\d+) \|", text, re.M)
+    assert len(rows) >= 15
+    for t, loss, position, block in rows:
+        t = int(t)
+        got = (int(example["loss_mask"][t]), int(example["position_ids"][t]), int(example["block_position_ids"][t]))
+        assert got == (int(loss), int(position), int(block)), (
+            f"docs/how_glm_works.md, row t = {t}: page {loss, position, block}, run {got}")
+
+
+#: Outputs a page prints that its run reproduces exactly, checked after the page ran.
+OUTPUT_CHECKS = {"docs/how_glm_works.md": check_how_glm_works}
 
 
 def registered() -> tuple[set[str], set[str]]:
@@ -211,6 +232,8 @@ def test_the_page_runs_as_written(page, tmp_path, monkeypatch, trained_default):
                 run_bash(block, tmp_path, bin_dir)
             else:
                 run_python(block, tmp_path, namespace, blocks)
+        if page in OUTPUT_CHECKS:
+            OUTPUT_CHECKS[page]((REPO / page).read_text(), namespace)
     finally:
         tasks_after, mixtures_after = registered()
         for name in mixtures_after - mixtures_before:
