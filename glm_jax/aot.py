@@ -266,12 +266,10 @@ def compile_train_step(config: Config, slice_name: str, num_slices: int = 1) -> 
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state,
                          state_shardings)
     batch = abstract_batch(config, mesh)
-    kind = SLICES[slice_name]
     tokens = config.train.global_batch_size * config.data.sequence_length
     flops = metrics.train_flops_per_token(config.model, config.data.sequence_length) * tokens
-    step_seconds = flops / (len(devices) * kind.peak_tflops * 1e12 * ASSUMED_MFU)
     return _compile_and_measure(lambda: step.lower(state, batch).compile(), slice_name, num_slices, mesh,
-                                shard_bytes(state), flops, step_seconds)
+                                shard_bytes(state), flops)
 
 
 def compile_decode_step(config: Config, slice_name: str, num_slices: int = 1, *, batch_size: int,
@@ -322,18 +320,19 @@ def compile_decode_step(config: Config, slice_name: str, num_slices: int = 1, *,
     per_token = 2.0 * metrics.matmul_params(config.model) + 4.0 * config.model.num_layers * context_length * \
         config.model.hidden_size
     flops = per_token * batch_size * (context_length + 1)
-    seconds = flops / (len(devices) * SLICES[slice_name].peak_tflops * 1e12 * ASSUMED_MFU)
-    report = _compile_and_measure(lower_and_compile, slice_name, num_slices, mesh, shard_bytes(params), flops,
-                                  seconds)
-    report.program = f"generation: prefill {context_length} tokens, then 1 cached token"
-    report.batch = f"{batch_size} prompts, cache of {context_length + max_new_tokens} slots"
-    return report
+    return _compile_and_measure(
+        lower_and_compile, slice_name, num_slices, mesh, shard_bytes(params), flops,
+        program=f"generation: prefill {context_length} tokens, then 1 cached token",
+        batch=f"{batch_size} prompts, cache of {context_length + max_new_tokens} slots")
 
 
 def _compile_and_measure(compile_fn, slice_name: str, num_slices: int, mesh, state_bytes: int, flops: float,
-                         seconds_estimate: float) -> Report:
-    """Compile, then read the program's memory, collectives and custom calls."""
+                         **labels: str) -> Report:
+    """Compile, then read the program's memory, collectives and custom calls; the
+    time estimate is ``flops`` at :data:`ASSUMED_MFU` of the chips' peak."""
     kind = SLICES[slice_name]
+    chips = math.prod(mesh.devices.shape)
+    seconds_estimate = flops / (chips * kind.peak_tflops * 1e12 * ASSUMED_MFU)
     start = time.perf_counter()
     error, memory, found, calls = None, {}, {}, {}
     try:
@@ -355,6 +354,5 @@ def _compile_and_measure(compile_fn, slice_name: str, num_slices: int, mesh, sta
     total = (memory.get("arguments", 0) + memory.get("outputs", 0) - memory.get("aliased (donated)", 0)
              + memory.get("temporaries", 0) + memory.get("generated code", 0))
     fits = error is None and total <= kind.hbm_bytes * (1 - HBM_MARGIN)
-    chips = math.prod(mesh.devices.shape)
     return Report(slice_name, num_slices, chips, dict(mesh.shape), state_bytes, memory, total,
-                  kind.hbm_bytes, fits, flops, seconds_estimate, found, calls, seconds, error)
+                  kind.hbm_bytes, fits, flops, seconds_estimate, found, calls, seconds, error, **labels)

@@ -33,6 +33,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -76,8 +77,6 @@ def logical_lines(text: str) -> list[str]:
 
 def glm_jax_argv(line: str) -> list[str] | None:
     """``glm-jax ARGS`` (or ``.venv/bin/glm-jax ARGS``) as an argv; None for any other line."""
-    import shlex
-
     for prefix in ("glm-jax ", ".venv/bin/glm-jax "):
         if line.startswith(prefix) or line == prefix.strip():
             return shlex.split(line)[1:]

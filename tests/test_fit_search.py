@@ -10,12 +10,17 @@ import pytest
 from glm_jax import aot, cli, fit_search, metrics
 from glm_jax import config as config_lib
 from glm_jax.fit_search import Candidate
+from glm_jax.model.config import REMAT_POLICIES
 
 V5E = aot.SLICES["v5e-4"]
 
 
 def embedded(*overrides):
     return config_lib.load_config("pretrain_embedded", list(overrides))
+
+
+def test_the_search_orders_every_remat_policy_the_model_has():
+    assert sorted(fit_search.REMAT_ORDER) == sorted(REMAT_POLICIES)
 
 
 def test_recompute_fractions_follow_what_each_policy_keeps():
