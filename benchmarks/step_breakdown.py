@@ -9,6 +9,8 @@ glm_jax/sparse_logits.py) it compiles, in one process:
 
 * the forward: the loss of a batch (no gradient), as the train step computes it;
 * the train step: ``train.make_train_step`` (forward, backward, AdamW update);
+* apart, for the split: the gradient (``jax.value_and_grad`` of the forward's loss)
+  and the optimizer update alone (``train.apply_update`` on a fixed gradient);
 
 and reports XLA's cost analysis of both compiled programs (FLOPs, bytes accessed:
 on CPU these count a scanned loop body once, so layers are unrolled here, and both
@@ -18,10 +20,17 @@ operands and result, a conditional counted by its true branch: the sparse logits
 the identity of glm_jax/model/materialize.py), their temporary memory, and their
 times: the median over ``--rounds`` rounds that alternate the variants and the
 programs, so load on the machine hits all alike. ``backward+update`` is the train
-step's time minus the forward's.
+step's time minus the forward's; the second table splits it into the backward (the
+gradient's time minus the forward's, beside its FLOPs over the forward's: 2.0 where
+every matmul's backward is two matmuls) and the update.
 
 ``PYTHONPATH=<an older checkout> python benchmarks/step_breakdown.py --variants full
 --label before`` measures an older glm-jax with the same script (``full`` only).
+
+``--tpu-slice v5e-4`` (needs libtpu) also compiles both programs for one chip of that
+slice, ahead of time on this host, and reports XLA:TPU's cost analysis of them: the
+FLOPs and bytes the accelerator's compiler expects, which can differ a lot from
+XLA:CPU's (its fusions differ), and no times.
 
 Appends a table to benchmarks/RESULTS.md with the device, date, commit and command.
 """
@@ -41,9 +50,10 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from glm_jax import sharding, train, train_state
+from glm_jax import aot, sharding, train, train_state
 from glm_jax.model import GLM
 from glm_jax.model.config import ModelConfig
 from glm_jax.model.presets import get_preset
@@ -126,7 +136,11 @@ def compiled_stats(compiled) -> dict[str, float]:
 
 
 class Variant:
-    """The forward and train programs of one loss variant, compiled."""
+    """The programs of one loss variant, compiled: the forward (the loss), the
+    gradient (``value_and_grad`` of that loss: forward + backward), the optimizer
+    update alone (``train.apply_update`` on a fixed gradient) and the train step."""
+
+    PROGRAMS = ("forward", "grad", "update", "train")
 
     def __init__(self, name: str, loss: train.TokenLoss, config: ModelConfig, mesh, batch, optimizer, schedule):
         self.name, self.loss = name, loss
@@ -139,24 +153,62 @@ class Variant:
                 sums = loss(model, params, batch, deterministic=True)
             return sums["loss"] / sums["loss_tokens"]
 
-        forward = jax.jit(forward)
-        self.forward = forward.lower(self.state.params, batch).compile()
+        def update(state, grads):
+            return train.apply_update(optimizer, state, grads, jnp.ones((), jnp.float32))
+
+        params = self.state.params
+        self.forward = jax.jit(forward).lower(params, batch).compile()
+        self.grad = jax.jit(jax.value_and_grad(forward)).lower(params, batch).compile()
+        self.grads = self.grad(params, batch)[1]
+        self.update = jax.jit(update).lower(self.state, self.grads).compile()
         self.step = step.lower(self.state, batch).compile()
-        self.stats = {"forward": compiled_stats(self.forward), "train": compiled_stats(self.step)}
+        self.stats = {"forward": compiled_stats(self.forward), "grad": compiled_stats(self.grad),
+                      "train": compiled_stats(self.step)}
         self.batch = batch
-        self.times = {"forward": [], "train": []}
-        self.loss_value = float(self.forward(self.state.params, batch))
+        self.times = {program: [] for program in self.PROGRAMS}
+        self.loss_value = float(self.forward(params, batch))
 
-    def time_forward(self) -> None:
+    def run(self, program: str) -> None:
+        """Run ``program`` once and append its wall time (the train step advances the state)."""
         start = time.perf_counter()
-        jax.block_until_ready(self.forward(self.state.params, self.batch))
-        self.times["forward"].append(time.perf_counter() - start)
+        if program == "train":
+            self.state, out = self.step(self.state, self.batch)
+        elif program == "update":
+            out = self.update(self.state, self.grads)
+        else:
+            out = getattr(self, program)(self.state.params, self.batch)
+        jax.block_until_ready(out)
+        self.times[program].append(time.perf_counter() - start)
 
-    def time_train(self) -> None:
-        start = time.perf_counter()
-        self.state, metrics = self.step(self.state, self.batch)
-        jax.block_until_ready(metrics["loss"])
-        self.times["train"].append(time.perf_counter() - start)
+    def median_ms(self, program: str) -> float:
+        return 1000 * statistics.median(self.times[program])
+
+
+def tpu_costs(slice_name: str, loss: train.TokenLoss, config: ModelConfig, optimizer, schedule,
+              host_batch: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """XLA:TPU's cost analysis of the forward and the train step on one chip of
+    ``slice_name``, compiled ahead of time (abstract inputs, nothing allocated)."""
+    mesh = sharding.make_mesh((1, 1, 1), devices=aot.slice_devices(slice_name)[:1])
+    abstract, shardings = train_state.train_state_shardings(config, optimizer, mesh)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+    whole = train_state.replicated(mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=whole) for k, v in host_batch.items()}
+    model = GLM(config)
+
+    def forward(params, batch):
+        with train_state.tracing_under(mesh, sharding.LOGICAL_AXIS_RULES):
+            sums = loss(model, params, batch, deterministic=True)
+        return sums["loss"] / sums["loss_tokens"]
+
+    programs = {"forward": jax.jit(forward).lower(state.params, batch),
+                "train": train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule)
+                .lower(state, batch)}
+    costs = {}
+    for name, lowered in programs.items():
+        cost = lowered.compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list) else cost
+        costs[name] = {"gflop": cost.get("flops", 0.0) / 1e9, "gbytes": cost.get("bytes accessed", 0.0) / 1e9}
+    return costs
 
 
 def main(argv=None) -> int:
@@ -176,14 +228,17 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default="full,sparse", help="comma-separated: full, sparse, sparse:<capacity>")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--label", default="", help="prefix of the variant names in the table")
+    parser.add_argument("--tpu-slice", default=None, help="also report XLA:TPU's cost analysis of both programs "
+                        "on one chip of this slice (e.g. v5e-4; needs libtpu)")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     config = model_config(args)
     mesh = sharding.make_mesh((1, -1, 1))
     optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=1, decay_steps=10_000))
-    batch = global_batch_from_local(glm_batch(args.batch, args.seq, args.part_a, config.vocab_size), mesh)
-    variants = []
+    host_batch = glm_batch(args.batch, args.seq, args.part_a, config.vocab_size)
+    batch = global_batch_from_local(host_batch, mesh)
+    variants, tpu_lines = [], []
     for name in args.variants.split(","):
         start = time.perf_counter()
         kind, _, capacity = name.partition(":")  # sparse:0.25 = that capacity
@@ -194,18 +249,24 @@ def main(argv=None) -> int:
         else:
             parser.error(f"--variants: unknown variant {name!r} (full, sparse or sparse:<capacity>)")
         label = f"{args.label} {name}" if args.label else name
+        if args.tpu_slice:
+            c = tpu_costs(args.tpu_slice, loss, config, optimizer, schedule, host_batch)
+            f, t = c["forward"], c["train"]
+            tpu_lines.append(f"| {label} | {f['gflop']:.1f} | {f['gbytes']:.2f} | {t['gflop']:.1f} | {t['gbytes']:.2f} "
+                             f"| {t['gbytes'] / f['gbytes']:.2f} |")
         variants.append(Variant(label, loss, config, mesh, batch, optimizer, schedule))
         print(f"{name}: compiled in {time.perf_counter() - start:.0f} s, loss {variants[-1].loss_value:.6f}",
               flush=True)
     for v in variants:  # warm-up
-        v.time_forward(), v.time_train()
-        v.times = {"forward": [], "train": []}
+        for program in Variant.PROGRAMS:
+            v.run(program)
+        v.times = {program: [] for program in Variant.PROGRAMS}
     for r in range(args.rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:
-            v.time_forward()
-            v.time_train()
+            for program in Variant.PROGRAMS if r % 2 == 0 else Variant.PROGRAMS[::-1]:
+                v.run(program)
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(
-            f"{v.name} fwd {1000 * v.times['forward'][-1]:.0f} ms train {1000 * v.times['train'][-1]:.0f} ms"
+            f"{v.name} " + " ".join(f"{p} {1000 * v.times[p][-1]:.0f} ms" for p in Variant.PROGRAMS)
             for v in variants), flush=True)
 
     header = ("| variant | loss | forward GFLOP | forward GB | train GFLOP | train GB | forward GB run | "
@@ -213,8 +274,10 @@ def main(argv=None) -> int:
               "train temp MiB |")
     lines = [header, "|---|" + "---:|" * 13]
     base_train = None
+    split = ["| variant | forward ms | backward ms (grad - forward) | backward / fwd | backward GFLOP / fwd GFLOP | "
+             "update ms (alone) | update / fwd | train - fwd / fwd |", "|---|" + "---:|" * 7]
     for v in variants:
-        fwd, trn = (statistics.median(v.times[k]) for k in ("forward", "train"))
+        fwd, trn = v.median_ms("forward") / 1000, v.median_ms("train") / 1000
         f, t = v.stats["forward"], v.stats["train"]
         base_train = base_train or trn
         lines.append(
@@ -223,10 +286,21 @@ def main(argv=None) -> int:
             f"{t['run_gbytes'] / f['run_gbytes']:.2f} | {1000 * fwd:.0f} | {1000 * trn:.0f} | "
             f"{1000 * (trn - fwd):.0f} | {(trn - fwd) / fwd:.2f} | {t['temp_mib']:.0f} |"
         )
+        backward = v.median_ms("grad") - v.median_ms("forward")
+        split.append(
+            f"| {v.name} | {v.median_ms('forward'):.0f} | {backward:.0f} | {backward / v.median_ms('forward'):.2f} | "
+            f"{(v.stats['grad']['gflop'] - f['gflop']) / f['gflop']:.2f} | {v.median_ms('update'):.0f} | "
+            f"{v.median_ms('update') / v.median_ms('forward'):.2f} | {(trn - fwd) / fwd:.2f} |"
+        )
     summary = ", ".join(
-        f"{v.name} train step {base_train / statistics.median(v.times['train']):.2f}x the first variant's speed"
+        f"{v.name} train step {base_train / (v.median_ms('train') / 1000):.2f}x the first variant's speed"
         for v in variants[1:])
-    table = "\n".join(lines)
+    table = "\n".join(lines) + ("\n\nThe backward and the update apart (the same rounds; the update alone on a fixed "
+                                 "gradient, its inputs not donated):\n\n" + "\n".join(split))
+    if tpu_lines:
+        table += (f"\n\nXLA:TPU's cost analysis, one chip of {args.tpu_slice} (compiled ahead of time; no times):\n\n"
+                  "| variant | forward GFLOP | forward GB | train GFLOP | train GB | train / fwd bytes |\n"
+                  "|---|---:|---:|---:|---:|---:|\n" + "\n".join(tpu_lines))
     print(table)
     if summary:
         print(summary)

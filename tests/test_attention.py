@@ -460,6 +460,7 @@ def test_config_checks_backend_and_block_size():
         assert TINY.replace(attention_backend=backend).attention_backend == backend
 
 
+@pytest.mark.slow  # the whole benchmark script at toy sizes (a minute): CI's slow step
 def test_the_gpu_check_script_runs_dry_on_a_cpu():
     """benchmarks/gpu_check.sh, prepared for the minutes a GPU is lent: its dry run
     runs the same four steps at toy sizes here, so the script cannot rot unseen."""

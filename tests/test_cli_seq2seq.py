@@ -69,6 +69,7 @@ def eval_scores(text: str) -> dict[str, float]:
     return {row[2]: float(row[3]) for row in rows}
 
 
+@pytest.mark.slow  # a minute of training through the CLI: CI's slow step
 def test_finetune_then_eval_reaches_rouge_l_above_90(setup, capsys):
     out = setup / "run"
     argv = ["finetune", "--task", "xsum", "--config", "finetune/tiny_seq2seq", "--checkpoint", str(setup / "model"),
@@ -132,6 +133,7 @@ def yahoo_scores(text: str) -> dict[str, float]:
     return {row[2]: float(row[3]) for row in rows}
 
 
+@pytest.mark.slow  # a minute of training through the CLI: CI's slow step
 def test_blank_infilling_beats_its_own_bleu_before_finetuning(yahoo, capsys):
     common = ["--task", "yahoo_blank", "--data-dir", str(yahoo / "data")]
     assert cli.main(["eval", *common, "--config", "finetune/tiny_yahoo_blank", "--checkpoint", str(yahoo / "model"),
