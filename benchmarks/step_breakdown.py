@@ -135,6 +135,16 @@ def compiled_stats(compiled) -> dict[str, float]:
             "run_gbytes": executed_bytes(compiled.as_text()), "temp_mib": memory.temp_size_in_bytes / 2**20}
 
 
+def mean_loss(loss: train.TokenLoss, model: GLM, mesh):
+    """``(params, batch) -> mean loss`` as the train step computes it, without dropout."""
+    def forward(params, batch):
+        with train_state.tracing_under(mesh, sharding.LOGICAL_AXIS_RULES):
+            sums = loss(model, params, batch, deterministic=True)
+        return sums["loss"] / sums["loss_tokens"]
+
+    return forward
+
+
 class Variant:
     """The programs of one loss variant, compiled: the forward (the loss), the
     gradient (``value_and_grad`` of that loss: forward + backward), the optimizer
@@ -144,14 +154,9 @@ class Variant:
 
     def __init__(self, name: str, loss: train.TokenLoss, config: ModelConfig, mesh, batch, optimizer, schedule):
         self.name, self.loss = name, loss
-        model = GLM(config)
         self.state = train_state.init_train_state(config, optimizer, mesh, 0)
         step = train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule)
-
-        def forward(params, batch):
-            with train_state.tracing_under(mesh, sharding.LOGICAL_AXIS_RULES):
-                sums = loss(model, params, batch, deterministic=True)
-            return sums["loss"] / sums["loss_tokens"]
+        forward = mean_loss(loss, GLM(config), mesh)
 
         def update(state, grads):
             return train.apply_update(optimizer, state, grads, jnp.ones((), jnp.float32))
@@ -193,14 +198,7 @@ def tpu_costs(slice_name: str, loss: train.TokenLoss, config: ModelConfig, optim
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     whole = train_state.replicated(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=whole) for k, v in host_batch.items()}
-    model = GLM(config)
-
-    def forward(params, batch):
-        with train_state.tracing_under(mesh, sharding.LOGICAL_AXIS_RULES):
-            sums = loss(model, params, batch, deterministic=True)
-        return sums["loss"] / sums["loss_tokens"]
-
-    programs = {"forward": jax.jit(forward).lower(state.params, batch),
+    programs = {"forward": jax.jit(mean_loss(loss, GLM(config), mesh)).lower(state.params, batch),
                 "train": train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule)
                 .lower(state, batch)}
     costs = {}
