@@ -127,12 +127,16 @@ def executed_bytes(hlo: str) -> float:
     return total / 1e9
 
 
-def compiled_stats(compiled) -> dict[str, float]:
+def xla_costs(compiled) -> dict[str, float]:
+    """XLA's cost analysis of a compiled program: GFLOPs and GB accessed."""
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    memory = compiled.memory_analysis()
-    return {"gflop": cost.get("flops", 0.0) / 1e9, "gbytes": cost.get("bytes accessed", 0.0) / 1e9,
-            "run_gbytes": executed_bytes(compiled.as_text()), "temp_mib": memory.temp_size_in_bytes / 2**20}
+    return {"gflop": cost.get("flops", 0.0) / 1e9, "gbytes": cost.get("bytes accessed", 0.0) / 1e9}
+
+
+def compiled_stats(compiled) -> dict[str, float]:
+    return {**xla_costs(compiled), "run_gbytes": executed_bytes(compiled.as_text()),
+            "temp_mib": compiled.memory_analysis().temp_size_in_bytes / 2**20}
 
 
 def mean_loss(loss: train.TokenLoss, model: GLM, mesh):
@@ -198,15 +202,9 @@ def tpu_costs(slice_name: str, loss: train.TokenLoss, config: ModelConfig, optim
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     whole = train_state.replicated(mesh)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=whole) for k, v in host_batch.items()}
-    programs = {"forward": jax.jit(mean_loss(loss, GLM(config), mesh)).lower(state.params, batch),
-                "train": train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule)
-                .lower(state, batch)}
-    costs = {}
-    for name, lowered in programs.items():
-        cost = lowered.compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        costs[name] = {"gflop": cost.get("flops", 0.0) / 1e9, "gbytes": cost.get("bytes accessed", 0.0) / 1e9}
-    return costs
+    forward = jax.jit(mean_loss(loss, GLM(config), mesh)).lower(state.params, batch)
+    step = train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule).lower(state, batch)
+    return {"forward": xla_costs(forward.compile()), "train": xla_costs(step.compile())}
 
 
 def main(argv=None) -> int:

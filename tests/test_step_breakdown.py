@@ -37,8 +37,8 @@ def test_the_breakdown_runs_and_the_backward_costs_two_forwards_in_flops():
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "step_breakdown.py"), "--hidden", "64", "--layers", "2",
          "--heads", "4", "--vocab", "512", "--batch", "2", "--seq", "64", "--part-a", "40", "--rounds", "1",
-         "--no-append", *(["--tpu-slice", "v5e-4"] if tpu else [])], cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True,
-        timeout=600)
+         "--no-append", *(["--tpu-slice", "v5e-4"] if tpu else [])],
+        cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     main = table_rows(done.stdout, "| variant | loss |")
     split = table_rows(done.stdout, "| variant | forward ms | backward ms")
