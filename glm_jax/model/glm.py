@@ -45,6 +45,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from glm_jax.model import attention, masks
 from glm_jax.model.config import ModelConfig
+from glm_jax.model.layer_norm import LayerNorm
 from glm_jax.model.materialize import materialize_gradient
 
 # The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
@@ -67,20 +68,11 @@ def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
     return nn.with_logical_constraint(x, axes)
 
 
-def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-    """LayerNorm with the config's eps and two-pass variance, as torch computes it.
-
-    Flax takes the statistics in float32 whatever the compute dtype.
-    """
-    return nn.LayerNorm(
-        epsilon=config.layernorm_epsilon,
-        dtype=jnp.dtype(config.dtype),
-        param_dtype=jnp.dtype(config.param_dtype),
-        use_fast_variance=False,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-        name=name,
-    )
+def layer_norm(config: ModelConfig, name: str) -> LayerNorm:
+    """LayerNorm with the config's eps, float32 statistics and the two-pass variance
+    torch computes; its gradient is written out (glm_jax/model/layer_norm.py)."""
+    return LayerNorm(epsilon=config.layernorm_epsilon, dtype=jnp.dtype(config.dtype),
+                     param_dtype=jnp.dtype(config.param_dtype), name=name)
 
 
 class Projection(nn.Module):
