@@ -210,7 +210,9 @@ class MLP(nn.Module):
         )(x)
         h = _constrain(h, ("activation_batch", "activation_length", "activation_mlp"))
         # tanh GELU is what the official weights were trained with (spec 1.4).
-        h = jax.nn.gelu(h, approximate=cfg.activation == "gelu_tanh")
+        # Rematerialised: the backward keeps only the input (not tanh's output as well)
+        # and re-evaluates the activation, elementwise work fused into its gradient.
+        h = jax.checkpoint(functools.partial(jax.nn.gelu, approximate=cfg.activation == "gelu_tanh"))(h)
         h = checkpoint_name(h, "mlp_hidden")
         out = Projection(
             cfg, "btf,fd->btd", (cfg.mlp_dim, cfg.hidden_size), ("mlp", "embed"), ("norm",), out_std,
