@@ -230,11 +230,20 @@ def _loss_at(h, targets, weights, *, embedding, smoothing, with_grad):
 
 
 def _matmul_grads(unit_grad, h, embedding, d_ce):
-    """Gradients of ``d_ce * ce_sum`` with respect to ``h`` and the embedding."""
+    """Gradients of ``d_ce * ce_sum`` with respect to ``h [groups, n, embed]`` and the
+    embedding ``[vocab, embed]``; ``unit_grad`` is ``[groups, n, vocab]``."""
     compute = h.dtype
     d_h = jnp.einsum("gnv,vd->gnd", unit_grad, embedding.astype(compute), preferred_element_type=jnp.float32)
-    d_e = jnp.einsum("gnv,gnd->vd", unit_grad, h, preferred_element_type=jnp.float32)
-    return (d_h * d_ce).astype(h.dtype), d_e * d_ce  # the embedding's in float32, cast once at the end
+    # The embedding's gradient contracts one axis of rows (groups merged into it), which
+    # XLA:CPU runs as a single matmul reading unit_grad transposed in place; contracting
+    # (groups, n) it first copies unit_grad [vocab, rows] transposed, and scaling the
+    # product by d_ce would be one more pass over [vocab, embed]: scaling h costs
+    # nothing (benchmarks/RESULTS.md, 2026-12-07: 566 -> 194 MB at vocab 30592). In
+    # bfloat16 that rounds h * d_ce once, an error the size of h's own rounding.
+    rows = unit_grad.shape[0] * unit_grad.shape[1]
+    scaled_h = (h * d_ce.astype(compute)).reshape(rows, h.shape[-1])
+    d_e = jnp.einsum("nv,nd->vd", unit_grad.reshape(rows, -1), scaled_h, preferred_element_type=jnp.float32)
+    return (d_h * d_ce).astype(h.dtype), d_e  # the embedding's in float32, cast once at the end
 
 
 def _logits(h: Array, embedding: Array) -> Array:
