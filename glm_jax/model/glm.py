@@ -47,6 +47,7 @@ from glm_jax.model import attention, masks
 from glm_jax.model.config import ModelConfig
 from glm_jax.model.layer_norm import LayerNorm
 from glm_jax.model.materialize import materialize_gradient
+from glm_jax.model.projection import Projection, param_init
 
 # The official code fills masked scores with the fp16 minimum, not -inf (spec 1.8).
 MASK_VALUE = attention.MASK_VALUE
@@ -60,10 +61,6 @@ CACHE_KV_AXES = ("activation_batch", "activation_length", "activation_heads", "a
 CACHE_VALID_AXES = ("activation_batch", "activation_length")
 
 
-def _param_init(std: float, axes: tuple[str, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
-
-
 def _constrain(x: Array, axes: tuple[str, ...]) -> Array:
     return nn.with_logical_constraint(x, axes)
 
@@ -73,33 +70,6 @@ def layer_norm(config: ModelConfig, name: str) -> LayerNorm:
     torch computes; its gradient is written out (glm_jax/model/layer_norm.py)."""
     return LayerNorm(epsilon=config.layernorm_epsilon, dtype=jnp.dtype(config.dtype),
                      param_dtype=jnp.dtype(config.param_dtype), name=name)
-
-
-class Projection(nn.Module):
-    """``einsum(equation, x, kernel) + bias`` with a kernel kept in its natural shape.
-
-    Flax's DenseGeneral initialises multi-axis kernels flattened, which breaks their
-    logical sharding annotations under an active mesh; an explicit einsum keeps
-    ``[embed, 3, heads, head_dim]`` a 4-D, shardable parameter from the start.
-    """
-
-    config: ModelConfig
-    equation: str
-    kernel_shape: tuple[int, ...]
-    kernel_axes: tuple[str, ...]
-    bias_axes: tuple[str, ...]
-    init_std: float
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        dtype, param_dtype = jnp.dtype(self.config.dtype), jnp.dtype(self.config.param_dtype)
-        kernel = self.param("kernel", _param_init(self.init_std, self.kernel_axes), self.kernel_shape, param_dtype)
-        bias_shape = self.kernel_shape[len(self.kernel_shape) - len(self.bias_axes):]
-        bias = self.param(
-            "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.bias_axes), bias_shape, param_dtype
-        )
-        y = jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
-        return y + bias.astype(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -332,7 +302,7 @@ class GLM(nn.Module):
                 features=cfg.hidden_size,
                 dtype=dtype,
                 param_dtype=param_dtype,
-                embedding_init=_param_init(cfg.init_std, axes),
+                embedding_init=param_init(cfg.init_std, axes),
                 name=name,
             )
 
