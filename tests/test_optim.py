@@ -11,7 +11,7 @@ import pytest
 
 from glm_jax import config as config_lib
 from glm_jax.model import GLM, ModelConfig
-from glm_jax.optim import OptimizerConfig, decay_mask, make_optimizer, make_schedule
+from glm_jax.optim import OptimizerConfig, clip_by_global_norm, decay_mask, make_optimizer, make_schedule
 
 
 def annealing_lr(step, peak, warmup_iter, decay_iters, style, ratio):
@@ -170,3 +170,18 @@ def test_adam_step_matches_hand_computation_and_clipping():
     # First moments hold the clipped gradient, not the raw one.
     adam_state = state[1][0]
     np.testing.assert_allclose(float(optax.global_norm(adam_state.mu)), (1 - 0.9**2) * 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scale", [0.1, 7.0])  # global norm below, then above, the threshold
+def test_clipping_equals_optax_and_keeps_its_state(scale):
+    rng = np.random.default_rng(0)
+    grads = {"a": jnp.asarray(rng.standard_normal((5, 3)) * scale, jnp.float32),
+             "b": {"c": jnp.asarray(rng.standard_normal(4) * scale, jnp.float32)}}
+    ours, theirs = clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+    got, state = jax.jit(ours.update)(grads, ours.init(grads))
+    want, _ = theirs.update(grads, theirs.init(grads))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-7, atol=0)
+    assert float(optax.global_norm(got)) == pytest.approx(min(1.0, float(optax.global_norm(grads))), rel=1e-6)
+    # The same (empty) state as optax's: checkpoints written before still restore.
+    assert jax.tree.structure(state) == jax.tree.structure(theirs.init(grads))
