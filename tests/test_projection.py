@@ -1,9 +1,6 @@
 """glm_jax/model/projection.py: a 2-D matmul with the einsum's values; kernels merged
 only where their sharding allows; the kernel's gradient without a transposed copy."""
 
-import sys
-from pathlib import Path
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,9 +10,6 @@ import pytest
 from glm_jax import sharding
 from glm_jax.model.config import ModelConfig
 from glm_jax.model.projection import Projection, _mergeable, contracted_axes
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from step_breakdown import executed_bytes  # noqa: E402
 
 CONFIG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, max_position_embeddings=16)
 
@@ -87,6 +81,7 @@ def test_kernel_gradient_reads_each_operand_once(equation, shape, axes, bias_axe
     def kernel_grad(params, x, cotangent):
         return jax.vjp(lambda p: module.apply(p, x), params)[1](cotangent)[0]["params"]["kernel"].value
 
-    hlo = jax.jit(kernel_grad).lower(params, x, cotangent).compile().as_text()
+    # XLA's count; the einsum over (batch, length) it replaced counts 1.36x-2.45x here.
+    accessed = jax.jit(kernel_grad).lower(params, x, cotangent).compile().cost_analysis()["bytes accessed"]
     operands_and_result = (x.size + cotangent.size + np.prod(shape)) * 4
-    assert executed_bytes(hlo) * 1e9 <= operands_and_result * 1.01
+    assert accessed <= operands_and_result * 1.01
