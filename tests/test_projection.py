@@ -9,7 +9,8 @@ import pytest
 
 from glm_jax import sharding
 from glm_jax.model.config import ModelConfig
-from glm_jax.model.projection import Projection, _mergeable, contracted_axes
+from glm_jax.model import projection
+from glm_jax.model.projection import Projection, _mergeable, contracted_axes, merges_kernel_axes
 
 CONFIG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, max_position_embeddings=16)
 
@@ -65,6 +66,16 @@ def test_kernel_axes_are_merged_only_where_the_sharding_allows():
     with jax.sharding.use_abstract_mesh(data_parallel.abstract_mesh), nn.logical_axis_rules(
             sharding.LOGICAL_AXIS_RULES):
         assert _mergeable(qkv_out)
+
+
+def test_kernel_axes_are_merged_for_cpu_targets_only(monkeypatch):
+    qkv_axes = ("embed", "qkv", "heads", "kv")
+    assert merges_kernel_axes(qkv_axes, 1)  # this host's CPU
+    for accelerator in ("tpu", "gpu"):  # e.g. a step compiled ahead of time for a TPU slice
+        monkeypatch.setattr(projection, "target_platform", lambda: accelerator)
+        assert not merges_kernel_axes(qkv_axes, 1)
+        # ... and the projection still computes the same values, as an einsum.
+        test_values_and_gradients_equal_the_einsum(*CASES[0])
 
 
 @pytest.mark.parametrize("equation,shape,axes,bias_axes", CASES[1:])

@@ -7,16 +7,19 @@ those natural shapes (flax's DenseGeneral initialises multi-axis kernels flatten
 which breaks their logical sharding annotations under an active mesh), but the
 matmul runs on a 2-D view: ``[batch * T, prod(in)] @ [prod(in), prod(out)]``.
 
-Why 2-D: the kernel's gradient contracts the tokens. With tokens as two axes
-(batch, length), or with several output axes, XLA:CPU first copies an operand
+Why 2-D, on XLA:CPU: the kernel's gradient contracts the tokens. With tokens as two
+axes (batch, length), or with several output axes, XLA:CPU first copies an operand
 transposed (the larger one: ``[tokens, mlp]`` for the MLP's second kernel,
 ``[tokens, 3 * embed]`` for QKV) and copies the kernel or its gradient between
 layouts; a single contracted axis on each side is one matmul that reads its operand
-transposed in place. The train step at hidden 512 moves 0.4 GB less per step
-(benchmarks/RESULTS.md, 2026-12-07). A group of kernel axes is merged only where that
-keeps its sharding: no axis but the group's first may be split over devices (QKV's
-``heads`` under tensor parallelism is not the first of ``[3, heads, head_dim]``; that
-kernel then keeps its axes, the tokens are still merged).
+transposed in place. The train step at hidden 512 moves 0.7 GB less per step
+(benchmarks/RESULTS.md, 2026-12-07). Kernel axes are merged only on CPU and only
+where that keeps their sharding: no axis but a group's first may be split over
+devices (QKV's ``heads`` under tensor parallelism is not the first of ``[3, heads,
+head_dim]``). For other targets only the tokens are merged: XLA:TPU lays out
+``[tokens, 3, heads, head_dim]`` better than its flattened form (a merged QKV kernel
+cost the sparse-logits step 0.43 GB more by its count), so the accelerator's
+program is left as it was.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from glm_jax.model.attention import target_platform
 from glm_jax.model.config import ModelConfig
 
 Array = jax.Array
@@ -64,7 +68,7 @@ class Projection(nn.Module):
         in_shape, out_shape = self.kernel_shape[:n_in], self.kernel_shape[n_in:]
         tokens = x.astype(dtype).reshape(-1, *in_shape)  # [batch * T, *in]
         kernel = kernel.astype(dtype)
-        if _mergeable(self.kernel_axes[:n_in]) and _mergeable(self.kernel_axes[n_in:]):
+        if merges_kernel_axes(self.kernel_axes, n_in):
             y = jnp.dot(tokens.reshape(tokens.shape[0], -1), kernel.reshape(math.prod(in_shape), -1))
         else:
             letters = "abcdefghijklm"[:len(self.kernel_shape)]
@@ -83,6 +87,13 @@ def contracted_axes(equation: str) -> int:
         raise ValueError(f"Projection equation {equation!r} must read 'bt<in>,<in><out>->bt<out>' "
                          "(the input's trailing axes contracted with the kernel's leading ones)")
     return n_in
+
+
+def merges_kernel_axes(kernel_axes: tuple[str, ...], n_in: int) -> bool:
+    """Whether the kernel runs as a 2-D ``[prod(in), prod(out)]`` matmul: on CPU
+    targets, where neither group of axes is split past its first (module docstring)."""
+    return (target_platform() == "cpu" and _mergeable(kernel_axes[:n_in])
+            and _mergeable(kernel_axes[n_in:]))
 
 
 def _mergeable(logical_axes: tuple[str, ...]) -> bool:
