@@ -24,7 +24,7 @@ import traceback
 from types import ModuleType
 from typing import Iterable, Optional, Sequence
 
-from glm_jax import console
+from glm_jax import console, host_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +251,18 @@ def entry() -> None:
     last save), and a library thread left behind by the failure (an orbax save
     thread waiting on a write that never ends, a tf.data iterator whose
     finaliser needs the interpreter) must not keep the process alive.
+
+    First, before any command imports JAX, glibc is set to keep the memory XLA:CPU
+    frees after each step when the process runs on CPU (glm_jax/host_memory.py;
+    ``GLM_JAX_HOST_MALLOC`` chooses; ``--debug`` or ``GLM_JAX_VERBOSE=1`` prints what was done).
     """
+    try:
+        outcome = host_memory.configure_process()
+    except ValueError as e:
+        print(f"glm-jax: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    if _debug_requested(sys.argv[1:]):
+        print(f"glm-jax: host memory: {outcome.reason}", file=sys.stderr)
     code = main()
     if code == EXIT_OK:
         sys.exit(code)
