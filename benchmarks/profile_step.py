@@ -37,9 +37,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import jax
+from glm_jax import host_memory
 
-from train_step import add_step_arguments, build_step
+# Before JAX starts its threads, as `glm-jax` does on CPU (glm_jax/host_memory.py);
+# GLM_JAX_HOST_MALLOC=system measures with glibc's defaults.
+HOST_MEMORY = host_memory.configure_process()
+
+import jax  # noqa: E402
+
+from train_step import add_step_arguments, build_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Train step profile: device time by component"
@@ -153,7 +159,8 @@ def append(summary: str, table: str) -> None:
     text = RESULTS.read_text().rstrip("\n") + "\n\n" + (
         f"{SECTION}\n\n- date: {stamp}; commit {commit}\n"
         f"- device: {jax.device_count()} x {device.device_kind} ({device.platform}), {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}\n"
+        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}; host memory: "
+        f"{HOST_MEMORY.reason}\n"
         f"- command: `python benchmarks/profile_step.py {' '.join(sys.argv[1:])}`\n"
         f"- {summary}\n\n{table}\n"
     )

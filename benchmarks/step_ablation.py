@@ -27,16 +27,22 @@ import sys
 import time
 from pathlib import Path
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import optax
+from glm_jax import host_memory
 
-from glm_jax import optim, sharding, sparse_logits, train, train_state
-from glm_jax.model import GLM, attention
-from glm_jax.model import glm as glm_module
-from glm_jax.model import projection
-from glm_jax.multihost import global_batch_from_local
+# Before JAX starts its threads, as `glm-jax` does on CPU (glm_jax/host_memory.py);
+# GLM_JAX_HOST_MALLOC=system measures with glibc's defaults.
+HOST_MEMORY = host_memory.configure_process()
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from glm_jax import optim, sharding, sparse_logits, train, train_state  # noqa: E402
+from glm_jax.model import GLM, attention  # noqa: E402
+from glm_jax.model import glm as glm_module  # noqa: E402
+from glm_jax.model import projection  # noqa: E402
+from glm_jax.multihost import global_batch_from_local  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import step_breakdown as sb  # noqa: E402
@@ -115,6 +121,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
+    print(f"host memory: {HOST_MEMORY.reason}")
     sizes = argparse.Namespace(preset=None, hidden=512, layers=8, heads=8, vocab=30592, seq=512, dtype="float32",
                                scan=False)
     config = sb.model_config(sizes)
@@ -130,7 +137,8 @@ def main(argv=None) -> None:
             state = train_state.init_train_state(config, optimizer, mesh, 0)
             forward = sb.mean_loss(loss, GLM(config), mesh)
             programs[name + " fwd"] = jax.jit(forward).lower(state.params, batch).compile()
-            programs[name + " grad"] = jax.jit(jax.value_and_grad(forward)).lower(state.params, batch).compile()
+            programs[name + " grad"] = jax.jit(jax.value_and_grad(forward, has_aux=True)).lower(
+                state.params, batch).compile()
             step = train.make_train_step(config, optimizer, mesh, loss=loss, schedule=schedule)
             programs[name + " train"] = step.lower(state, batch).compile()
             states[name] = state
@@ -141,7 +149,7 @@ def main(argv=None) -> None:
     old = programs["old grad"](states["old"].params, batch)
     new = programs["new grad"](states["new"].params, batch)
     difference = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(old[1]), jax.tree.leaves(new[1])))
-    print(f"loss old {float(old[0]):.6f} new {float(new[0]):.6f}, largest gradient difference {difference:.2e}")
+    print(f"loss old {float(old[0][0]):.6f} new {float(new[0][0]):.6f}, largest gradient difference {difference:.2e}")
 
     def run(key):
         name, program = key.split()

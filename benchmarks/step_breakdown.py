@@ -7,7 +7,8 @@ For each variant of the token loss (``full``: logits at every position, the mode
 own head and ``train.loss_sums``; ``sparse``: ``train.TokenLoss(logits_capacity=...)``,
 glm_jax/sparse_logits.py) it compiles, in one process:
 
-* the forward: the loss of a batch (no gradient), as the train step computes it;
+* the forward: the loss of a batch and its accuracy sum (no gradient), as the train
+  step computes them;
 * the train step: ``train.make_train_step`` (forward, backward, AdamW update);
 * apart, for the split: the gradient (``jax.value_and_grad`` of the forward's loss)
   and the optimizer update alone (``train.apply_update`` on a fixed gradient);
@@ -49,16 +50,22 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from glm_jax import host_memory
 
-from glm_jax import aot, sharding, train, train_state
-from glm_jax.model import GLM
-from glm_jax.model.config import ModelConfig
-from glm_jax.model.presets import get_preset
-from glm_jax.multihost import global_batch_from_local
-from glm_jax.optim import OptimizerConfig, make_optimizer
+# Before JAX starts its threads, as `glm-jax` does on CPU (glm_jax/host_memory.py);
+# GLM_JAX_HOST_MALLOC=system measures with glibc's defaults.
+HOST_MEMORY = host_memory.configure_process()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from glm_jax import aot, sharding, train, train_state  # noqa: E402
+from glm_jax.model import GLM  # noqa: E402
+from glm_jax.model.config import ModelConfig  # noqa: E402
+from glm_jax.model.presets import get_preset  # noqa: E402
+from glm_jax.multihost import global_batch_from_local  # noqa: E402
+from glm_jax.optim import OptimizerConfig, make_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Train step: forward vs backward+update, full vs sparse logits"
@@ -140,11 +147,15 @@ def compiled_stats(compiled) -> dict[str, float]:
 
 
 def mean_loss(loss: train.TokenLoss, model: GLM, mesh):
-    """``(params, batch) -> mean loss`` as the train step computes it, without dropout."""
+    """``(params, batch) -> (mean loss, {"correct": ...})``: the forward as the train
+    step computes it, without dropout. The accuracy sum rides along as auxiliary
+    output (no gradient) because the train step reports it: left out, XLA drops its
+    argmax from the forward program and its time (68 ms at issue 18's config,
+    2026-12-07) is counted in backward+update."""
     def forward(params, batch):
         with train_state.tracing_under(mesh, sharding.LOGICAL_AXIS_RULES):
             sums = loss(model, params, batch, deterministic=True)
-        return sums["loss"] / sums["loss_tokens"]
+        return sums["loss"] / sums["loss_tokens"], {"correct": sums["correct"]}
 
     return forward
 
@@ -167,7 +178,7 @@ class Variant:
 
         params = self.state.params
         self.forward = jax.jit(forward).lower(params, batch).compile()
-        self.grad = jax.jit(jax.value_and_grad(forward)).lower(params, batch).compile()
+        self.grad = jax.jit(jax.value_and_grad(forward, has_aux=True)).lower(params, batch).compile()
         self.grads = self.grad(params, batch)[1]
         self.update = jax.jit(update).lower(self.state, self.grads).compile()
         self.step = step.lower(self.state, batch).compile()
@@ -175,7 +186,7 @@ class Variant:
                       "train": compiled_stats(self.step)}
         self.batch = batch
         self.times = {program: [] for program in self.PROGRAMS}
-        self.loss_value = float(self.forward(params, batch))
+        self.loss_value = float(self.forward(params, batch)[0])
 
     def run(self, program: str) -> None:
         """Run ``program`` once and append its wall time (the train step advances the state)."""
@@ -317,7 +328,8 @@ def append(table: str, summary: str, config: ModelConfig, args) -> None:
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}; "
         f"commit {commit}{' (with uncommitted changes)' if dirty else ''}\n"
         f"- device: {jax.device_count()} x {device.device_kind} ({device.platform}), {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}\n"
+        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}; host memory: "
+        f"{HOST_MEMORY.reason}\n"
         f"- command: `python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}`\n"
         f"- model: hidden {config.hidden_size}, {config.num_layers} layers, {config.num_heads} heads, vocab "
         f"{config.vocab_size}, {args.dtype}; batch {args.batch} x {args.seq}, Part A {args.part_a} "

@@ -28,12 +28,18 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
+from glm_jax import host_memory
 
-from glm_jax import metrics, sharding, train, train_state
-from glm_jax.model.presets import get_preset
-from glm_jax.optim import OptimizerConfig, make_optimizer
+# Before JAX starts its threads, as `glm-jax` does on CPU (glm_jax/host_memory.py);
+# GLM_JAX_HOST_MALLOC=system measures with glibc's defaults.
+HOST_MEMORY = host_memory.configure_process()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from glm_jax import metrics, sharding, train, train_state  # noqa: E402
+from glm_jax.model.presets import get_preset  # noqa: E402
+from glm_jax.optim import OptimizerConfig, make_optimizer  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# glm-jax benchmark results\n\nEach section is appended by the benchmark script it names.\n"
@@ -160,7 +166,8 @@ def append(row: str, device, args) -> None:
     text = text.rstrip("\n") + "\n\n" + (
         f"{SECTION}\n\n- date: {stamp}; commit {commit}\n"
         f"- device: {jax.device_count()} x {device.device_kind} ({device.platform}), {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}\n"
+        f"{os.cpu_count()} CPUs, load average {load:.1f} before the run; jax {jax.__version__}; host memory: "
+        f"{HOST_MEMORY.reason}\n"
         f"- command: `python benchmarks/train_step.py {' '.join(sys.argv[1:])}`\n\n"
         "| preset | params | batch x seq | dtype | remat | scan | attention | step (ms) | tokens/s | TFLOP/s | MFU (of peak TFLOP/s) |\n"
         "|---|---:|---|---|---|---|---|---:|---:|---:|---|\n" + row + "\n"
