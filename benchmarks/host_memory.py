@@ -28,6 +28,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Importing it sets host memory as GLM_JAX_HOST_MALLOC says, before JAX starts: the
+# parent sets that variable for each child process.
+import step_breakdown as sb  # noqa: E402
+
+import jax  # noqa: E402
+
+from glm_jax import sharding, train  # noqa: E402
+from glm_jax.multihost import global_batch_from_local  # noqa: E402
+from glm_jax.optim import OptimizerConfig, make_optimizer  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Host memory: glibc's malloc defaults vs freed memory kept (glm_jax/host_memory.py)"
 PROGRAMS = ("forward", "train", "update")
@@ -36,18 +47,7 @@ MODES = ("system", "retain")
 
 def child(args) -> dict:
     """One process's figures (``GLM_JAX_HOST_MALLOC`` is already set by the parent)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import step_breakdown as sb  # applies GLM_JAX_HOST_MALLOC before it imports JAX
-
-    import jax
-
-    from glm_jax import sharding, train
-    from glm_jax.multihost import global_batch_from_local
-    from glm_jax.optim import OptimizerConfig, make_optimizer
-
-    sizes = argparse.Namespace(preset=None, hidden=args.hidden, layers=args.layers, heads=args.heads,
-                               vocab=args.vocab, seq=args.seq, dtype="float32", scan=False)
-    config = sb.model_config(sizes)
+    config = sb.model_config(args)
     mesh = sharding.make_mesh((1, -1, 1))
     optimizer, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4, warmup_steps=1, decay_steps=10_000))
     batch = global_batch_from_local(sb.glm_batch(args.batch, args.seq, args.part_a, config.vocab_size), mesh)
@@ -80,14 +80,7 @@ def child(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--vocab", type=int, default=30592)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--part-a", type=int, default=400)
-    parser.add_argument("--capacity", type=float, default=0.5, help="the sparse loss's logits_capacity")
+    sb.add_size_arguments(parser)
     parser.add_argument("--rounds", type=int, default=6, help="alternated rounds per process")
     parser.add_argument("--processes", type=int, default=4, help="child processes, modes alternating")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
@@ -145,7 +138,7 @@ def main(argv=None) -> int:
                 f"{load:.1f} before the run; glibc {platform.libc_ver()[1]}\n"
                 f"- command: `python benchmarks/host_memory.py {' '.join(passed)}`\n"
                 f"- model: hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
-                f"float32; batch {args.batch} x {args.seq}, Part A {args.part_a}, sparse logits "
+                f"{args.dtype}; batch {args.batch} x {args.seq}, Part A {args.part_a}, sparse logits "
                 f"(capacity {args.capacity}); per process the median of {args.rounds} alternated rounds "
                 f"(loss {first['loss']:.6f})\n\n{table}\n\n{summary}\n")
     return 0

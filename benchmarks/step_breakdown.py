@@ -218,8 +218,9 @@ def tpu_costs(slice_name: str, loss: train.TokenLoss, config: ModelConfig, optim
     return {"forward": xla_costs(forward.compile()), "train": xla_costs(step.compile())}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and batch options (issue 18's config by default; shared with
+    benchmarks/host_memory.py)."""
     parser.add_argument("--preset", default=None, help="a model preset instead of the sizes below")
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=8)
@@ -232,6 +233,11 @@ def main(argv=None) -> int:
     parser.add_argument("--scan", action="store_true", help="scan over layers (XLA's cost analysis then counts "
                         "the loop body once)")
     parser.add_argument("--capacity", type=float, default=0.5, help="the sparse variant's logits_capacity")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_size_arguments(parser)
     parser.add_argument("--variants", default="full,sparse", help="comma-separated: full, sparse, sparse:<capacity>")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--label", default="", help="prefix of the variant names in the table")

@@ -4,6 +4,7 @@ freed buffers are then reused instead of being mapped and zero-filled again."""
 import importlib.util
 import os
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -125,3 +126,18 @@ def test_cli_entry_names_a_bad_mode():
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "glm-jax: error: GLM_JAX_HOST_MALLOC='keep': expected one of auto, retain, system")
+
+
+@pytest.mark.slow  # two child processes, each compiling three small programs: CI's slow step
+def test_the_benchmark_runs_both_modes_at_toy_size():
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "host_memory.py"), "--hidden", "64", "--layers", "2", "--heads",
+         "2", "--vocab", "512", "--batch", "2", "--seq", "64", "--part-a", "48", "--processes", "2", "--rounds", "1",
+         "--no-append"], cwd=REPO, env={**os.environ, "XLA_FLAGS": flags}, capture_output=True, text=True,
+        timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith(("| system", "| retain"))]
+    assert [cells[0].strip() for cells in rows] == ["system", "retain"]
+    assert all(re.fullmatch(r"\d+(\.\d+)?", cell.strip()) for cells in rows for cell in cells[1:])
+    assert "train step retain / system time" in done.stdout
