@@ -37,15 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from glm_jax import host_memory
-
-# Before JAX starts its threads, as `glm-jax` does on CPU (glm_jax/host_memory.py);
-# GLM_JAX_HOST_MALLOC=system measures with glibc's defaults.
-HOST_MEMORY = host_memory.configure_process()
+# First: importing it sets host memory as `glm-jax` does on CPU, before JAX starts
+# (glm_jax/host_memory.py; GLM_JAX_HOST_MALLOC=system measures with glibc's defaults).
+from train_step import HOST_MEMORY, add_step_arguments, build_step
 
 import jax  # noqa: E402
-
-from train_step import add_step_arguments, build_step  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Train step profile: device time by component"

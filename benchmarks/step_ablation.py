@@ -27,11 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from glm_jax import host_memory
-
-# Before JAX starts its threads, as `glm-jax` does on CPU (glm_jax/host_memory.py);
-# GLM_JAX_HOST_MALLOC=system measures with glibc's defaults.
-HOST_MEMORY = host_memory.configure_process()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# First: importing it sets host memory as `glm-jax` does on CPU, before JAX starts
+# (glm_jax/host_memory.py; GLM_JAX_HOST_MALLOC=system measures with glibc's defaults).
+import step_breakdown as sb  # noqa: E402
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
@@ -43,9 +42,6 @@ from glm_jax.model import GLM, attention  # noqa: E402
 from glm_jax.model import glm as glm_module  # noqa: E402
 from glm_jax.model import projection  # noqa: E402
 from glm_jax.multihost import global_batch_from_local  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import step_breakdown as sb  # noqa: E402
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -121,7 +117,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args(argv)
-    print(f"host memory: {HOST_MEMORY.reason}")
+    print(f"host memory: {sb.HOST_MEMORY.reason}")
     sizes = argparse.Namespace(preset=None, hidden=512, layers=8, heads=8, vocab=30592, seq=512, dtype="float32",
                                scan=False)
     config = sb.model_config(sizes)
