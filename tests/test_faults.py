@@ -180,8 +180,15 @@ def test_unwritable_checkpoint_directory_mid_run_stops_within_one_interval(good_
         wait_for(run / "checkpoints" / "8", proc)
         # The storage goes away under the run (as root, permissions would not stop
         # it): the checkpoints are moved aside and a file takes the directory's place.
-        (run / "checkpoints").rename(run / "kept")
-        (run / "checkpoints").write_text("not a directory")
+        # The run is paused for the swap: a save writing at that moment would create
+        # the directory again between the two steps (tensorstore makes missing parent
+        # directories as it writes), and the file could not take its place.
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            (run / "checkpoints").rename(run / "kept")
+            (run / "checkpoints").write_text("not a directory")
+        finally:
+            proc.send_signal(signal.SIGCONT)
         result = finish(proc)
     finally:
         proc.kill()
