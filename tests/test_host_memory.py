@@ -45,7 +45,7 @@ PROBE = textwrap.dedent("""
 TEMP_PAGES = (1 << 26) // 4096
 
 
-def _probe_faults(mode: str) -> int:
+def _probe_faults(mode: str) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env["JAX_PLATFORMS"] = "cpu"
     env.pop("XLA_FLAGS", None)  # one device is enough
